@@ -1,0 +1,3 @@
+from frontend.routing import websocket_urlpatterns as frontend_ws
+
+websocket_urlpatterns = [*frontend_ws]

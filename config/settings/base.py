@@ -1,0 +1,169 @@
+"""Settings shared by every deployment. Every value comes from the environment through one reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env.str("MEMHUB_DATA_DIR", default=str(BASE_DIR / "var")))
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "core",
+    "accounts",
+    "vault",
+    "governance",
+    "marketplace",
+    "inference",
+    "mip_protocol",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'memhub.sqlite3'}")}
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# Uploads are bounded: requests larger than this are refused before they reach a view.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MEMHUB_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.CursorlessPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MemHub API",
+    "DESCRIPTION": "Federated memory marketplace for LLM agents: Memory API, governance, marketplace, MIP.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Channels --------------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Celery ----------------------------------------------------------------------------------------
+# Embedded default: kombu's filesystem transport, so no broker server is needed.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = env.json(
+    "CELERY_BROKER_TRANSPORT_OPTIONS",
+    default={
+        "data_folder_in": str(DATA_DIR / "broker" / "out"),
+        "data_folder_out": str(DATA_DIR / "broker" / "out"),
+        "control_folder": str(DATA_DIR / "broker" / "control"),
+    }
+    if env.str("CELERY_BROKER_URL", default="filesystem://").startswith("filesystem")
+    else {},
+)
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"inference.tasks.*": {"queue": "inference"}}
+CELERY_BEAT_SCHEDULE = {
+    "vault-index-outbox-sweep": {"task": "vault.tasks.index_outbox_process", "schedule": 30.0},
+}
+
+# --- Vault: embeddings and Milvus -----------------------------------------------------------------
+MILVUS_URI = env.str("MILVUS_URI", default="http://127.0.0.1:19530")
+MILVUS_TOKEN = env.str("MILVUS_TOKEN", default="")
+MILVUS_COLLECTION_PREFIX = env.str("MILVUS_COLLECTION_PREFIX", default="memhub")
+EMBEDDING_BACKEND = env.str("MEMHUB_EMBEDDING_BACKEND", default="onnx")  # onnx | torch
+EMBEDDING_CACHE_DIR = Path(env.str("MEMHUB_EMBEDDING_CACHE_DIR", default=str(DATA_DIR / "models")))
+EMBEDDING_BATCH_SIZE = env.int("MEMHUB_EMBEDDING_BATCH_SIZE", default=64)
+VAULT_MAX_TEXT_CHARS = env.int("MEMHUB_MAX_TEXT_CHARS", default=20_000)
+VAULT_MAX_BATCH = env.int("MEMHUB_MAX_BATCH", default=500)
+VAULT_SEARCH_MODE = env.str("MEMHUB_SEARCH_MODE", default="hybrid")  # hybrid | dense | sparse
+VAULT_SEARCH_MAX_TOP_K = env.int("MEMHUB_SEARCH_MAX_TOP_K", default=100)
+VAULT_INDEX_SYNC = env.bool("MEMHUB_INDEX_SYNC", default=False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}

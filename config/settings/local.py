@@ -1,0 +1,7 @@
+"""Embedded default used by `make run`: SQLite, milvus-lite server, filesystem broker, in-process layer."""
+
+from .base import *  # noqa: F403
+from .base import env
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = SECRET_KEY or "memhub-local-development-only-not-secret"  # noqa: F405  # nosec: local only

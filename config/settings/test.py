@@ -1,0 +1,25 @@
+"""Test settings: the real services on this machine (PostgreSQL, Redis, a milvus-lite server)."""
+
+import os
+
+from .base import *  # noqa: F403
+from .base import DATABASES, env
+
+SECRET_KEY = "memhub-test-secret"  # noqa: S105
+DEBUG = False
+DATABASES["default"] = env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/memhub")
+# Several test runs may share one PostgreSQL server; a suffix keeps their test databases apart.
+DATABASES["default"]["TEST"] = {"NAME": f"test_memhub{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"}
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/1")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"memhub-test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"},
+    }
+}
+CELERY_BROKER_URL = "memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_TASK_ALWAYS_EAGER = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing for tests only
+ALLOWED_HOSTS = ["*"]
+MILVUS_COLLECTION_PREFIX = f"memhub_test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"
