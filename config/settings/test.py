@@ -7,7 +7,7 @@ from .base import DATABASES, env
 
 SECRET_KEY = "memhub-test-secret"  # noqa: S105
 DEBUG = False
-DATABASES["default"] = env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/memhub")
+DATABASES["default"] = env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/test")
 # Several test runs may share one PostgreSQL server; a suffix keeps their test databases apart.
 DATABASES["default"]["TEST"] = {"NAME": f"test_memhub{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"}
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/1")
