@@ -23,3 +23,4 @@ CELERY_TASK_ALWAYS_EAGER = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing for tests only
 ALLOWED_HOSTS = ["*"]
 MILVUS_COLLECTION_PREFIX = f"memhub_test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"
+MIDDLEWARE = [m for m in MIDDLEWARE if "whitenoise" not in m]  # noqa: F405  # no collected static in tests

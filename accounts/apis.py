@@ -1,0 +1,162 @@
+"""Tenancy API: who am I, organizations and members, API tokens, namespaces."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.models import ALL_SCOPES, NamespaceKind, Organization, Role
+from core.errors import NotFound
+from governance.policy import Subject, namespace_actions
+from vault.selectors import namespaces_readable
+
+
+class NamespaceOutput(serializers.Serializer):
+    key = serializers.CharField()
+    kind = serializers.CharField()
+    title = serializers.CharField()
+    owner = serializers.SerializerMethodField()
+    actions = serializers.SerializerMethodField()
+
+    def get_owner(self, ns) -> str:  # type: ignore[no-untyped-def]
+        return f"org:{ns.organization.slug}" if ns.organization_id else f"user:{ns.owner_user.username}"
+
+    def get_actions(self, ns) -> list[str]:  # type: ignore[no-untyped-def]
+        return sorted(a.value for a in namespace_actions(self.context["subject"], ns))
+
+
+class MeApi(APIView):
+    class Output(serializers.Serializer):
+        id = serializers.UUIDField()
+        username = serializers.CharField()
+        email = serializers.EmailField()
+
+    @extend_schema(responses=Output, tags=["accounts"])
+    def get(self, request: Request) -> Response:
+        data = dict(self.Output(request.user).data)
+        data["organizations"] = [
+            {"slug": m.organization.slug, "role": m.role}
+            for m in request.user.memberships.select_related("organization").order_by("organization__slug")
+        ]
+        return Response(data)
+
+
+class OrganizationListCreateApi(APIView):
+    class Input(serializers.Serializer):
+        slug = serializers.SlugField(max_length=64)
+        name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    class Output(serializers.Serializer):
+        slug = serializers.CharField()
+        name = serializers.CharField()
+
+    @extend_schema(responses=Output(many=True), tags=["accounts"])
+    def get(self, request: Request) -> Response:
+        return Response(self.Output(selectors.organization_list(user=request.user), many=True).data)
+
+    @extend_schema(request=Input, responses={201: Output}, tags=["accounts"])
+    def post(self, request: Request) -> Response:
+        s = self.Input(data=request.data)
+        s.is_valid(raise_exception=True)
+        org = services.organization_create(owner=request.user, **s.validated_data)
+        return Response(self.Output(org).data, status=status.HTTP_201_CREATED)
+
+
+def _org_for_member(user, slug: str) -> Organization:  # type: ignore[no-untyped-def]
+    org = selectors.organization_list(user=user).filter(slug=slug).first()
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org
+
+
+class MemberListSetApi(APIView):
+    class Input(serializers.Serializer):
+        username = serializers.CharField(max_length=150)
+        role = serializers.ChoiceField(choices=Role.choices)
+
+    @extend_schema(tags=["accounts"])
+    def get(self, request: Request, slug: str) -> Response:
+        org = _org_for_member(request.user, slug)
+        return Response([{"username": m.user.username, "role": m.role}
+                         for m in org.memberships.select_related("user").order_by("user__username")])
+
+    @extend_schema(request=Input, tags=["accounts"])
+    def post(self, request: Request, slug: str) -> Response:
+        org = _org_for_member(request.user, slug)
+        s = self.Input(data=request.data)
+        s.is_valid(raise_exception=True)
+        m = services.membership_set(actor=request.user, org=org, **s.validated_data)
+        return Response({"username": m.user.username, "role": m.role}, status=status.HTTP_200_OK)
+
+
+class MemberDeleteApi(APIView):
+    @extend_schema(tags=["accounts"])
+    def delete(self, request: Request, slug: str, username: str) -> Response:
+        org = _org_for_member(request.user, slug)
+        services.membership_remove(actor=request.user, org=org, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokenListCreateApi(APIView):
+    class Input(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(child=serializers.ChoiceField(choices=ALL_SCOPES), required=False,
+                                       allow_empty=False)
+        expires_at = serializers.DateTimeField(required=False)
+
+    class Output(serializers.Serializer):
+        id = serializers.UUIDField()
+        name = serializers.CharField()
+        prefix = serializers.CharField()
+        scopes = serializers.ListField(child=serializers.CharField())
+        created_at = serializers.DateTimeField()
+        last_used_at = serializers.DateTimeField()
+        expires_at = serializers.DateTimeField()
+        revoked_at = serializers.DateTimeField()
+
+    @extend_schema(responses=Output(many=True), tags=["accounts"])
+    def get(self, request: Request) -> Response:
+        return Response(self.Output(selectors.api_token_list(user=request.user), many=True).data)
+
+    @extend_schema(request=Input, responses={201: Output}, tags=["accounts"],
+                   description="Creates a token. The clear token is in `token` and is shown only this once.")
+    def post(self, request: Request) -> Response:
+        s = self.Input(data=request.data)
+        s.is_valid(raise_exception=True)
+        token, raw = services.api_token_create(user=request.user, **s.validated_data)
+        return Response({**self.Output(token).data, "token": raw}, status=status.HTTP_201_CREATED)
+
+
+class TokenRevokeApi(APIView):
+    @extend_schema(tags=["accounts"])
+    def delete(self, request: Request, token_id: str) -> Response:
+        services.api_token_revoke(user=request.user, token_id=token_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class NamespaceListCreateApi(APIView):
+    class Input(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=[NamespaceKind.SHARED, NamespaceKind.PUBLISHER, NamespaceKind.ORG])
+        slug = serializers.CharField(max_length=100)
+        organization = serializers.SlugField(required=False)
+        title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    @extend_schema(responses=NamespaceOutput(many=True), tags=["accounts"])
+    def get(self, request: Request) -> Response:
+        subject = Subject.from_request(request)
+        qs = namespaces_readable(actor=subject).select_related("organization", "owner_user")
+        return Response(NamespaceOutput(qs, many=True, context={"subject": subject}).data)
+
+    @extend_schema(request=Input, responses={201: NamespaceOutput}, tags=["accounts"])
+    def post(self, request: Request) -> Response:
+        s = self.Input(data=request.data)
+        s.is_valid(raise_exception=True)
+        d = s.validated_data
+        ns = services.namespace_create_for(actor=request.user, kind=d["kind"], slug=d["slug"],
+                                           organization_slug=d.get("organization"), title=d.get("title", ""))
+        return Response(NamespaceOutput(ns, context={"subject": Subject.from_request(request)}).data,
+                        status=status.HTTP_201_CREATED)

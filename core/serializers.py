@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses keys it does not know, so a misspelt field is an error rather than silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {unknown[0]: [f"Unknown field '{unknown[0]}'. Allowed: {', '.join(sorted(self.fields))}."]}
+                )
+        return super().to_internal_value(data)
+
+
+class BoundedJSONField(serializers.JSONField):
+    """A JSON object whose encoded size is bounded."""
+
+    def __init__(self, *args: Any, max_bytes: int = 65536, **kwargs: Any) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(*args, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        if len(json.dumps(value)) > self.max_bytes:
+            raise serializers.ValidationError(f"Must encode to at most {self.max_bytes} bytes.")
+        return value

@@ -1,0 +1,145 @@
+"""The MemCube: one memory unit, its immutable version history and the index outbox.
+
+The relational database is the source of truth. `MemCube` is the head (current state) of one memory;
+every change writes an immutable `MemCubeVersion` linked to its parent, so history is never overwritten.
+Vectors in Milvus are derived: `IndexOutbox` rows, written in the same transaction as the change, tell the
+index worker what to (re)index, so a crash can delay the index but never silently desynchronise it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class MemoryKind(models.TextChoices):
+    PLAINTEXT = "plaintext", "Plaintext"
+    ACTIVATION = "activation", "Activation (KV cache)"
+    PARAMETER = "parameter", "Parameter (LoRA adapter)"
+
+
+class MemoryState(models.TextChoices):
+    GENERATED = "generated", "Generated"
+    ACTIVATED = "activated", "Activated"
+    MERGED = "merged", "Merged"
+    ARCHIVED = "archived", "Archived"
+    EXPIRED = "expired", "Expired"
+    DELETED = "deleted", "Deleted"
+
+
+# States whose memories are live: readable by default and present in the hot index.
+LIVE_STATES = (MemoryState.GENERATED, MemoryState.ACTIVATED, MemoryState.MERGED)
+
+
+class Sensitivity(models.TextChoices):
+    PUBLIC = "public", "Public"
+    INTERNAL = "internal", "Internal"
+    CONFIDENTIAL = "confidential", "Confidential"
+    RESTRICTED = "restricted", "Restricted"
+
+
+class VersionOperation(models.TextChoices):
+    CREATE = "create", "Create"
+    OVERWRITE = "overwrite", "Overwrite"
+    APPEND = "append", "Append"
+    MERGE = "merge", "Merge"
+    DELETE = "delete", "Delete"
+    RESTORE = "restore", "Restore"
+    LIFECYCLE = "lifecycle", "Lifecycle change"
+
+
+class MemoryContent(models.Model):
+    """Fields that every version carries (what a memory says and how it is described)."""
+
+    kind = models.CharField(max_length=16, choices=MemoryKind.choices, default=MemoryKind.PLAINTEXT)
+    text = models.TextField(blank=True)
+    title = models.CharField(max_length=300, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    source = models.JSONField(default=dict, blank=True)  # who/what produced it; origin instance
+    semantic_type = models.CharField(max_length=32, blank=True)  # fact, event, preference, procedure, ...
+    language = models.CharField(max_length=16, blank=True)
+    entities = models.JSONField(default=list, blank=True)
+    valid_from = models.DateTimeField(null=True, blank=True)  # when the fact starts to hold
+    valid_to = models.DateTimeField(null=True, blank=True)  # when it stopped holding (None: still holds)
+    # activation / parameter payloads live in blob storage; the row holds the reference and identity.
+    blob_uri = models.CharField(max_length=500, blank=True)
+    blob_sha256 = models.CharField(max_length=64, blank=True)
+    model_fingerprint = models.CharField(max_length=128, blank=True)
+    blob_meta = models.JSONField(default=dict, blank=True)
+    content_sha256 = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=MemoryState.choices, default=MemoryState.ACTIVATED)
+
+    class Meta:
+        abstract = True
+
+
+class MemCube(MemoryContent):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.PositiveIntegerField(default=1)
+    provenance_id = models.UUIDField(default=uuid.uuid4, db_index=True)  # stable across versions, instances
+    namespace = models.ForeignKey("accounts.Namespace", on_delete=models.PROTECT, related_name="memories")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="memories")
+    # governance
+    acl = models.JSONField(default=list, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    priority = models.SmallIntegerField(default=0)
+    sensitivity = models.CharField(max_length=16, choices=Sensitivity.choices, default=Sensitivity.INTERNAL)
+    licence = models.CharField(max_length=64, blank=True)
+    watermark_id = models.CharField(max_length=64, blank=True)
+    frozen = models.BooleanField(default=False)
+    # behaviour (drives scheduling and archival)
+    access_count = models.PositiveIntegerField(default=0)
+    hit_count = models.PositiveIntegerField(default=0)
+    last_accessed_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["namespace", "state", "-created_at"], name="cube_ns_state_created"),
+            models.Index(fields=["owner", "-created_at"], name="cube_owner_created"),
+            models.Index(fields=["state", "expires_at"], name="cube_state_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} v{self.version}"
+
+
+class MemCubeVersion(MemoryContent):
+    """An immutable snapshot of one version of a MemCube."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    cube = models.ForeignKey(MemCube, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    operation = models.CharField(max_length=16, choices=VersionOperation.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cube", "version"], name="uniq_cube_version")]
+        ordering = ["cube", "version"]
+
+
+class IndexOp(models.TextChoices):
+    UPSERT = "upsert", "Upsert"
+    DELETE = "delete", "Delete"
+
+
+class IndexOutbox(models.Model):
+    """Pending index work, written in the business transaction; processed (idempotently) by Celery."""
+
+    cube_id = models.UUIDField(db_index=True)
+    op = models.CharField(max_length=8, choices=IndexOp.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["processed_at", "id"], name="outbox_pending")]

@@ -1,0 +1,196 @@
+"""Reads from the vault. Every read is restricted to the namespaces the policy lets the caller read."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q, QuerySet
+
+from accounts.models import Namespace, User
+from core.errors import ApplicationError, NotFound
+from governance.policy import Action, Subject, authorize, readable_namespaces_q
+from vault.filters import MemoryFilter, parse_filters
+from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryState
+
+SEARCH_MODES = ("hybrid", "dense", "sparse")
+
+
+def namespaces_readable(*, actor: Subject) -> QuerySet[Namespace]:
+    return Namespace.objects.filter(readable_namespaces_q(actor)).order_by("key")
+
+
+def namespaces_resolve(*, actor: Subject, keys: list[str] | None, action: Action = Action.READ) -> list[Namespace]:
+    """Named namespaces (each must exist and be readable: else 404), or every readable one."""
+    if not keys:
+        return list(namespaces_readable(actor=actor))
+    found = {ns.key: ns for ns in Namespace.objects.filter(key__in=keys)}
+    result = []
+    for key in dict.fromkeys(keys):
+        ns = found.get(key)
+        if ns is None:
+            raise NotFound(f"Namespace '{key}' not found.")
+        authorize(subject=actor, action=action, namespace=ns)
+        result.append(ns)
+    return result
+
+
+def _visible(actor: Subject) -> QuerySet[MemCube]:
+    return MemCube.objects.filter(readable_namespaces_q(actor, prefix="namespace__")).select_related(
+        "namespace", "owner"
+    )
+
+
+def memory_get(*, actor: Subject, cube_id: Any, include_deleted: bool = False) -> MemCube:
+    qs = _visible(actor).filter(pk=cube_id)
+    if not include_deleted:
+        qs = qs.exclude(state=MemoryState.DELETED)
+    cube = qs.first()
+    if cube is None:
+        raise NotFound("Memory not found.")
+    return cube
+
+
+def _owner_ids(usernames: list[str]) -> list[Any]:
+    return list(User.objects.filter(username__in=usernames).values_list("pk", flat=True))
+
+
+def _tags_q(tag: str) -> Q:
+    if connection.vendor == "postgresql":
+        return Q(tags__contains=[tag])
+    # SQLite has no JSON containment; match the JSON-encoded string exactly, quotes included.
+    import json
+
+    return Q(tags__icontains=json.dumps(tag))
+
+
+def apply_filter(qs: QuerySet[MemCube], f: MemoryFilter) -> QuerySet[MemCube]:
+    if f.tags_any:
+        any_q = Q()
+        for tag in f.tags_any:
+            any_q |= _tags_q(tag)
+        qs = qs.filter(any_q)
+    for tag in f.tags_all:
+        qs = qs.filter(_tags_q(tag))
+    if f.kinds:
+        qs = qs.filter(kind__in=f.kinds)
+    if f.states:
+        qs = qs.filter(state__in=f.states)
+    if f.semantic_types:
+        qs = qs.filter(semantic_type__in=f.semantic_types)
+    if f.owners:
+        qs = qs.filter(owner_id__in=_owner_ids(f.owners))
+    if f.created_after:
+        qs = qs.filter(created_at__gte=f.created_after)
+    if f.created_before:
+        qs = qs.filter(created_at__lt=f.created_before)
+    if f.valid_at:
+        qs = qs.filter(Q(valid_from__isnull=True) | Q(valid_from__lte=f.valid_at)).filter(
+            Q(valid_to__isnull=True) | Q(valid_to__gt=f.valid_at)
+        )
+    return qs
+
+
+def memory_list(*, actor: Subject, namespace_keys: list[str] | None = None,
+                filters: dict[str, Any] | None = None) -> QuerySet[MemCube]:
+    f = parse_filters(filters)
+    qs = _visible(actor)
+    if namespace_keys:
+        qs = qs.filter(namespace__in=namespaces_resolve(actor=actor, keys=namespace_keys))
+    if not f.states:
+        qs = qs.exclude(state=MemoryState.DELETED)
+    return apply_filter(qs, f).order_by("-created_at", "id")
+
+
+def memory_history(*, actor: Subject, cube_id: Any) -> QuerySet[MemCubeVersion]:
+    cube = memory_get(actor=actor, cube_id=cube_id, include_deleted=True)
+    return MemCubeVersion.objects.filter(cube=cube).select_related("actor").order_by("version")
+
+
+def memory_provenance(*, actor: Subject, provenance_id: Any) -> list[MemCube]:
+    """Every memory the caller can read that descends from one origin (across versions and installs)."""
+    cubes = list(_visible(actor).filter(provenance_id=provenance_id).order_by("created_at"))
+    if not cubes:
+        raise NotFound("No memory with that provenance id is visible to you.")
+    return cubes
+
+
+@dataclass
+class SearchResult:
+    memory: MemCube
+    score: float
+    rank: int
+    dense_score: float | None = None
+    sparse_score: float | None = None
+
+
+@dataclass
+class SearchResponse:
+    results: list[SearchResult]
+    mode: str
+    namespaces: list[str]
+    took_ms: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _index_filter(namespaces: list[Namespace], f: MemoryFilter) -> Any:
+    from vault.index import IndexFilter
+
+    def ts(value: Any) -> int | None:
+        return int(value.timestamp()) if value else None
+
+    states = [s for s in (f.states or list(LIVE_STATES)) if s in LIVE_STATES]
+    return IndexFilter(
+        namespaces=[str(ns.id) for ns in namespaces], kinds=f.kinds or None, states=states,
+        owners=[str(o) for o in _owner_ids(f.owners)] if f.owners else None,
+        tags_any=f.tags_any or None, tags_all=f.tags_all or None, semantic_types=f.semantic_types or None,
+        created_from_ts=ts(f.created_after), created_to_ts=ts(f.created_before), valid_at_ts=ts(f.valid_at),
+    )
+
+
+def memory_search(*, actor: Subject, query: str, namespace_keys: list[str] | None = None,
+                  filters: dict[str, Any] | None = None, top_k: int = 10, mode: str | None = None,
+                  dense_weight: float | None = None) -> SearchResponse:
+    """Hybrid retrieval (dense + BM25 + metadata filters, rank-fused) within what the caller may read.
+
+    The index only proposes candidates; every hit is re-checked against the database (the source of
+    truth) for visibility, state and filters before it is returned.
+    """
+    started = time.perf_counter()
+    mode = mode or settings.VAULT_SEARCH_MODE
+    if mode not in SEARCH_MODES:
+        raise ApplicationError(f"Unknown search mode '{mode}'; expected one of {', '.join(SEARCH_MODES)}.")
+    if not query or not query.strip():
+        raise ApplicationError("'query' must not be empty.")
+    if not 1 <= top_k <= settings.VAULT_SEARCH_MAX_TOP_K:
+        raise ApplicationError(f"'top_k' must be between 1 and {settings.VAULT_SEARCH_MAX_TOP_K}.")
+    f = parse_filters(filters)
+    if f.states and not set(f.states) & set(LIVE_STATES):
+        raise ApplicationError("Search covers live memories only; list archived or expired ones instead.",
+                               code="invalid_filter")
+    namespaces = namespaces_resolve(actor=actor, keys=namespace_keys)
+    if not namespaces:
+        return SearchResponse([], mode, [], 0.0)
+
+    from vault.index import get_index
+
+    fetch_k = min(top_k * 2 + 5, settings.VAULT_SEARCH_MAX_TOP_K * 2)
+    hits = get_index().search(query=query, filters=_index_filter(namespaces, f), top_k=fetch_k, mode=mode,
+                              dense_weight=dense_weight)
+    by_id = {str(c.id): c for c in apply_filter(
+        _visible(actor).filter(pk__in=[h.id for h in hits], state__in=LIVE_STATES,
+                               namespace__in=namespaces), f)}
+    results: list[SearchResult] = []
+    for hit in hits:
+        cube = by_id.get(hit.id)
+        if cube is None:
+            continue  # stale index entry or filtered by the database: the database wins
+        results.append(SearchResult(cube, hit.score, len(results) + 1, hit.dense_score, hit.sparse_score))
+        if len(results) == top_k:
+            break
+    took = (time.perf_counter() - started) * 1000
+    return SearchResponse(results, mode, [ns.key for ns in namespaces], took,
+                          {"candidates": len(hits), "dropped": len(hits) - len(by_id)})
