@@ -33,3 +33,12 @@ class BoundedJSONField(serializers.JSONField):
         if len(json.dumps(value)) > self.max_bytes:
             raise serializers.ValidationError(f"Must encode to at most {self.max_bytes} bytes.")
         return value
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField would quietly turn 42 into "42"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("Must be a string.")
+        return str(super().to_internal_value(data))

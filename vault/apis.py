@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from core.errors import ApplicationError
 from core.pagination import CursorlessPagination
-from core.serializers import BoundedJSONField, StrictSerializer
+from core.serializers import BoundedJSONField, StrictCharField, StrictSerializer
 from governance.audit import audit_record
 from governance.policy import Subject
 from vault import selectors, services
@@ -23,8 +23,8 @@ from vault.models import MemoryKind, MemoryState, Sensitivity
 
 class MemoryFieldsInput(StrictSerializer):
     kind = serializers.ChoiceField(choices=MemoryKind.choices, required=False)
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    title = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
+    title = StrictCharField(required=False, allow_blank=True, max_length=300)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
     metadata = BoundedJSONField(required=False)
     source = BoundedJSONField(required=False, max_bytes=8192)
@@ -46,7 +46,7 @@ class MemoryFieldsInput(StrictSerializer):
 
 class MemoryCreateInput(MemoryFieldsInput):
     namespace = serializers.CharField(max_length=160)
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     provenance_id = serializers.UUIDField(required=False)
 
 
@@ -183,6 +183,7 @@ class MemoryDetailApi(APIView):
     def get(self, request: Request, cube_id: str) -> Response:
         cube = selectors.memory_get(actor=Subject.from_request(request), cube_id=cube_id)
         services.memory_record_access(cube_ids=[cube.id])
+        cube.refresh_from_db(fields=["access_count", "hit_count", "last_accessed_at"])
         _audit_read(request, [cube], "memory.read")
         return Response(MemoryOutput(cube).data)
 
@@ -250,7 +251,7 @@ class MemoryProvenanceApi(APIView):
 
 class MemorySearchApi(APIView):
     class Input(StrictSerializer):
-        query = serializers.CharField(max_length=2000, trim_whitespace=True)
+        query = StrictCharField(max_length=2000, trim_whitespace=True)
         namespaces = serializers.ListField(child=serializers.CharField(max_length=160), required=False,
                                            max_length=100)
         filters = serializers.JSONField(required=False, help_text=f"Keys: {', '.join(KNOWN_FILTERS)}")
