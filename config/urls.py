@@ -7,6 +7,8 @@ from core.views import healthz
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("vault.urls")),
+    path("governance/", include("governance.urls")),
+    path("marketplace/", include("marketplace.urls")),
 ]
 
 urlpatterns = [
