@@ -308,3 +308,21 @@ def vault_reindex(*, drop: bool = False, batch_size: int = 512) -> int:
         total += index_sync_cubes(batch)[0]
     IndexOutbox.objects.filter(processed_at__isnull=True, id__lte=high_water).update(processed_at=timezone.now())
     return total
+
+
+@transaction.atomic
+def memory_import_batch(*, actor: Subject, namespace: Namespace, items: list[dict[str, Any]],
+                        watermark_id: str = "", reason: str = "import") -> list[MemCube]:
+    """System write into a namespace the caller may not write by policy (a pack installation, a MIP
+    import): the caller of this service has already decided it is allowed. Provenance ids are kept."""
+    cubes = []
+    for item in items:
+        cube = _build_cube(actor=actor, namespace=namespace, data=item)
+        cube.watermark_id = watermark_id
+        cubes.append(cube)
+    MemCube.objects.bulk_create(cubes)
+    MemCubeVersion.objects.bulk_create(
+        [_snapshot(c, operation=VersionOperation.CREATE, actor=actor, parent=None, reason=reason) for c in cubes]
+    )
+    _enqueue_index([c.id for c in cubes], IndexOp.UPSERT)
+    return cubes

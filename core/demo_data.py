@@ -1,0 +1,59 @@
+"""Demo content for `make run`: a publisher with a few packs, and a demo user who installed one."""
+
+PUBLISHER = {"org": "acme-experts", "slug": "acme-experts", "name": "ACME Experts"}
+
+PACKS = [
+    {
+        "slug": "python-pitfalls",
+        "title": "Python Pitfalls",
+        "description": "Hard-won lessons about Python gotchas, for coding agents.",
+        "tags": ["programming", "python"],
+        "memories": [
+            "Mutable default arguments are evaluated once at function definition; use None and create the list "
+            "inside the function.",
+            "Late binding in closures: lambdas in a loop capture the variable, not its value; bind it with a "
+            "default argument.",
+            "`is` compares identity, not equality; small integers are cached, so `is` may appear to work on them.",
+            "Modifying a list while iterating over it skips elements; iterate over a copy or build a new list.",
+            "Floating point: 0.1 + 0.2 != 0.3; compare with math.isclose or use decimal.Decimal for money.",
+            "A bare `except:` also catches KeyboardInterrupt and SystemExit; catch Exception instead.",
+            "Dictionaries keep insertion order since Python 3.7; sets do not keep any order.",
+            "The GIL means CPU-bound threads do not run Python bytecode in parallel; use processes for CPU work.",
+        ],
+    },
+    {
+        "slug": "eu-travel-facts",
+        "title": "EU Travel Facts",
+        "description": "Practical, dated facts for travel agents planning trips in Europe.",
+        "tags": ["travel", "europe"],
+        "memories": [
+            "The Schengen area lets travellers cross internal borders without passport checks.",
+            "Short-stay visitors to Schengen may stay 90 days in any 180-day period.",
+            "Trains between Paris and London run through the Channel Tunnel in about 2 hours 20 minutes.",
+            "Tipping in Germany is usually done by rounding up or adding about 5 to 10 percent.",
+            "Most museums in Paris are free for EU residents under 26.",
+            "Spain has a long lunch break: many small shops close between 2 pm and 5 pm.",
+        ],
+    },
+    {
+        "slug": "kitchen-basics",
+        "title": "Kitchen Basics",
+        "description": "Cooking fundamentals: temperatures, ratios and food safety.",
+        "tags": ["cooking"],
+        "price_cents": 499,
+        "memories": [
+            "Chicken is safe to eat when its thickest part reaches 74 degrees Celsius (165 Fahrenheit).",
+            "A basic vinaigrette is three parts oil to one part vinegar, plus salt and mustard to emulsify.",
+            "Rest a steak for about five minutes after cooking so its juices redistribute.",
+            "Salt pasta water generously: about 10 grams of salt per litre.",
+        ],
+    },
+]
+
+DEMO_USER = {"username": "demo", "password": "memhub-demo-password"}
+
+PRIVATE_MEMORIES = [
+    "I prefer answers with code examples in Python.",
+    "My team deploys on Fridays only after the 3 pm stand-up.",
+    "Project Falcon's launch moved from May to June 2025.",
+]

@@ -1,0 +1,63 @@
+"""Server-rendered pages. Views are thin: they call the same selectors and services as the API."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from core.errors import ApplicationError
+from governance.policy import Subject
+from marketplace import selectors as market_selectors
+from marketplace import services as market_services
+from vault import selectors as vault_selectors
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    subject = Subject(user=request.user)
+    return render(request, "frontend/home.html", {
+        "namespaces": vault_selectors.namespaces_readable(actor=subject),
+        "installations": market_selectors.installation_list(user=request.user),
+        "recent": vault_selectors.memory_list(actor=subject)[:10],
+    })
+
+
+@login_required
+def memories(request: HttpRequest) -> HttpResponse:
+    subject = Subject(user=request.user)
+    query = request.GET.get("q", "").strip()[:500]
+    namespace = request.GET.get("namespace") or None
+    context: dict[str, object] = {"query": query, "namespace": namespace or "",
+                                  "namespaces": vault_selectors.namespaces_readable(actor=subject)}
+    try:
+        if query:
+            context["results"] = vault_selectors.memory_search(
+                actor=subject, query=query, namespace_keys=[namespace] if namespace else None, top_k=20).results
+        else:
+            context["listing"] = vault_selectors.memory_list(
+                actor=subject, namespace_keys=[namespace] if namespace else None)[:50]
+    except ApplicationError as exc:
+        context["error"] = exc.message
+    return render(request, "frontend/memories.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def packs(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            pack = market_selectors.pack_get(publisher_slug=request.POST.get("publisher", ""),
+                                             slug=request.POST.get("slug", ""))
+            release = market_selectors.release_get(pack=pack, version=None)
+            installation = market_services.pack_install(user=request.user, release=release)
+            messages.success(request, f"Installed {pack.title} {release.version} into "
+                                      f"{installation.namespace.key}.")
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        return redirect("packs")
+    installed = {i.release.pack_id for i in market_selectors.installation_list(user=request.user)}
+    return render(request, "frontend/packs.html", {
+        "packs": market_selectors.pack_catalog(query=request.GET.get("q", "")[:200]), "installed": installed})
