@@ -1,0 +1,92 @@
+"""Publishing an immutable release and installing it into a read-only namespace."""
+
+import pytest
+
+from accounts import services as accounts
+from marketplace import services as market
+from marketplace.models import Installation
+from vault.models import MemCube
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def publisher(make_user):
+    expert = make_user("expert")
+    org = accounts.organization_create(owner=expert, slug="acme")
+    return expert, market.publisher_create(organization=org, slug="acme", display_name="Acme")
+
+
+@pytest.fixture
+def released_pack(publisher):
+    expert, pub = publisher
+    pack = market.pack_create(user=expert, publisher=pub, slug="tips", title="Tips")
+    market.pack_add_memories(user=expert, pack=pack, items=[{"text": "Tip one."}, {"text": "Tip two."}])
+    release = market.release_publish(user=expert, pack=pack, version="1.0.0")
+    return pack, release
+
+
+def test_release_manifest_lists_each_memory_with_its_hash(released_pack):
+    _, release = released_pack
+    hashes = {m["content_sha256"] for m in release.manifest["memories"]}
+    assert len(hashes) == 2 and len(release.manifest_sha256) == 64
+
+
+def test_release_versions_are_immutable_and_semver(publisher, released_pack):
+    expert, _ = publisher
+    pack, _ = released_pack
+    with pytest.raises(Exception, match="immutable"):
+        market.release_publish(user=expert, pack=pack, version="1.0.0")
+    with pytest.raises(Exception, match="semantic version"):
+        market.release_publish(user=expert, pack=pack, version="v1")
+
+
+def test_install_via_api_copies_memories_read_only_with_provenance(released_pack, alice, api_for):
+    pack, release = released_pack
+    client = api_for(alice)
+    resp = client.post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json")
+    assert resp.status_code == 201, resp.json()
+    ns_key = resp.json()["namespace"]
+    listed = client.get(f"/api/v1/memories?namespace={ns_key}").json()
+    assert sorted(m["text"] for m in listed["results"]) == ["Tip one.", "Tip two."]
+    origin = {str(c.provenance_id) for c in MemCube.objects.filter(namespace__key="publisher:acme")}
+    assert {m["provenance_id"] for m in listed["results"]} == origin
+    assert all(m["watermark_id"] for m in listed["results"])
+    # installed memories are read-only for their holder
+    mid = listed["results"][0]["id"]
+    patch = client.patch(f"/api/v1/memories/{mid}", {"expected_version": 1, "text": "edited"}, format="json")
+    assert patch.status_code == 403 and "read-only" in patch.json()["error"]["message"]
+    # installing twice is idempotent
+    assert client.post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json").status_code == 201
+    assert Installation.objects.filter(user=alice).count() == 1
+
+
+def test_other_users_do_not_see_an_installation(released_pack, alice, bob, api_for):
+    ns_key = api_for(alice).post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json").json()["namespace"]
+    assert api_for(bob).get(f"/api/v1/memories?namespace={ns_key}").status_code == 404
+    assert api_for(bob).get("/api/v1/marketplace/installations").json() == []
+
+
+def test_paid_pack_install_is_refused_with_402(publisher, alice, api_for):
+    expert, pub = publisher
+    pack = market.pack_create(user=expert, publisher=pub, slug="paid", title="Paid", price_cents=500)
+    market.pack_add_memories(user=expert, pack=pack, items=[{"text": "Premium fact."}])
+    market.release_publish(user=expert, pack=pack, version="1.0.0")
+    resp = api_for(alice).post("/api/v1/marketplace/packs/acme/paid/install", {}, format="json")
+    assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_required"
+    assert not Installation.objects.exists()
+
+
+def test_install_bad_input(released_pack, alice, api_for):
+    client = api_for(alice)
+    assert client.post("/api/v1/marketplace/packs/acme/nope/install", {}, format="json").status_code == 404
+    resp = client.post("/api/v1/marketplace/packs/acme/tips/install", {"version": "9.9.9"}, format="json")
+    assert resp.status_code == 404 and "9.9.9" in resp.json()["error"]["message"]
+    resp = client.post("/api/v1/marketplace/packs/acme/tips/install", {"versoin": "1.0.0"}, format="json")
+    assert resp.status_code == 400
+    assert not Installation.objects.exists()
+
+
+def test_catalog_lists_packs(released_pack, alice, api_for):
+    packs = api_for(alice).get("/api/v1/marketplace/packs?q=tip").json()
+    assert [p["slug"] for p in packs] == ["tips"] and packs[0]["releases"][0]["version"] == "1.0.0"
