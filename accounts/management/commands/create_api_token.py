@@ -1,0 +1,28 @@
+"""Print a new API token for a user (shown once; only its hash is stored)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import ALL_SCOPES, User
+from accounts.services import api_token_create
+from core.errors import ApplicationError
+
+
+class Command(BaseCommand):
+    help = "Create an API token for USERNAME and print it."
+
+    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+        parser.add_argument("username")
+        parser.add_argument("--name", default="cli")
+        parser.add_argument("--scope", action="append", dest="scopes", choices=ALL_SCOPES)
+
+    def handle(self, *args: object, **opts: object) -> None:
+        user = User.objects.filter(username=opts["username"]).first()
+        if user is None:
+            raise CommandError(f"No user '{opts['username']}'.")
+        try:
+            _, raw = api_token_create(user=user, name=str(opts["name"]), scopes=opts["scopes"])  # type: ignore[arg-type]
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from exc
+        self.stdout.write(raw)
