@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.views import healthz
+from mip_protocol.views import well_known
 
 api_v1 = [
     path("", include("accounts.urls")),
@@ -14,6 +15,7 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path(".well-known/mip", well_known, name="mip-well-known"),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("", include("inference.urls")),  # OpenAI-compatible /v1/chat/completions
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
