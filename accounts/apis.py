@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.models import ALL_SCOPES, NamespaceKind, Organization, Role
 from core.errors import NotFound
+from core.requests import current_user
 from governance.policy import Subject, namespace_actions
 from vault.selectors import namespaces_readable
 
@@ -37,10 +38,10 @@ class MeApi(APIView):
 
     @extend_schema(responses=Output, tags=["accounts"])
     def get(self, request: Request) -> Response:
-        data = dict(self.Output(request.user).data)
+        data = dict(self.Output(current_user(request)).data)
         data["organizations"] = [
             {"slug": m.organization.slug, "role": m.role}
-            for m in request.user.memberships.select_related("organization").order_by("organization__slug")
+            for m in current_user(request).memberships.select_related("organization").order_by("organization__slug")
         ]
         return Response(data)
 
@@ -56,13 +57,13 @@ class OrganizationListCreateApi(APIView):
 
     @extend_schema(responses=Output(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return Response(self.Output(selectors.organization_list(user=request.user), many=True).data)
+        return Response(self.Output(selectors.organization_list(user=current_user(request)), many=True).data)
 
     @extend_schema(request=Input, responses={201: Output}, tags=["accounts"])
     def post(self, request: Request) -> Response:
         s = self.Input(data=request.data)
         s.is_valid(raise_exception=True)
-        org = services.organization_create(owner=request.user, **s.validated_data)
+        org = services.organization_create(owner=current_user(request), **s.validated_data)
         return Response(self.Output(org).data, status=status.HTTP_201_CREATED)
 
 
@@ -80,24 +81,24 @@ class MemberListSetApi(APIView):
 
     @extend_schema(tags=["accounts"])
     def get(self, request: Request, slug: str) -> Response:
-        org = _org_for_member(request.user, slug)
+        org = _org_for_member(current_user(request), slug)
         return Response([{"username": m.user.username, "role": m.role}
                          for m in org.memberships.select_related("user").order_by("user__username")])
 
     @extend_schema(request=Input, tags=["accounts"])
     def post(self, request: Request, slug: str) -> Response:
-        org = _org_for_member(request.user, slug)
+        org = _org_for_member(current_user(request), slug)
         s = self.Input(data=request.data)
         s.is_valid(raise_exception=True)
-        m = services.membership_set(actor=request.user, org=org, **s.validated_data)
+        m = services.membership_set(actor=current_user(request), org=org, **s.validated_data)
         return Response({"username": m.user.username, "role": m.role}, status=status.HTTP_200_OK)
 
 
 class MemberDeleteApi(APIView):
     @extend_schema(tags=["accounts"])
     def delete(self, request: Request, slug: str, username: str) -> Response:
-        org = _org_for_member(request.user, slug)
-        services.membership_remove(actor=request.user, org=org, username=username)
+        org = _org_for_member(current_user(request), slug)
+        services.membership_remove(actor=current_user(request), org=org, username=username)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -120,21 +121,21 @@ class TokenListCreateApi(APIView):
 
     @extend_schema(responses=Output(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return Response(self.Output(selectors.api_token_list(user=request.user), many=True).data)
+        return Response(self.Output(selectors.api_token_list(user=current_user(request)), many=True).data)
 
     @extend_schema(request=Input, responses={201: Output}, tags=["accounts"],
                    description="Creates a token. The clear token is in `token` and is shown only this once.")
     def post(self, request: Request) -> Response:
         s = self.Input(data=request.data)
         s.is_valid(raise_exception=True)
-        token, raw = services.api_token_create(user=request.user, **s.validated_data)
+        token, raw = services.api_token_create(user=current_user(request), **s.validated_data)
         return Response({**self.Output(token).data, "token": raw}, status=status.HTTP_201_CREATED)
 
 
 class TokenRevokeApi(APIView):
     @extend_schema(tags=["accounts"])
     def delete(self, request: Request, token_id: str) -> Response:
-        services.api_token_revoke(user=request.user, token_id=token_id)
+        services.api_token_revoke(user=current_user(request), token_id=token_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -156,7 +157,7 @@ class NamespaceListCreateApi(APIView):
         s = self.Input(data=request.data)
         s.is_valid(raise_exception=True)
         d = s.validated_data
-        ns = services.namespace_create_for(actor=request.user, kind=d["kind"], slug=d["slug"],
+        ns = services.namespace_create_for(actor=current_user(request), kind=d["kind"], slug=d["slug"],
                                            organization_slug=d.get("organization"), title=d.get("title", ""))
         return Response(NamespaceOutput(ns, context={"subject": Subject.from_request(request)}).data,
                         status=status.HTTP_201_CREATED)

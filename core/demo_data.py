@@ -1,8 +1,10 @@
 """Demo content for `make run`: a publisher with a few packs, and a demo user who installed one."""
 
+from typing import Any
+
 PUBLISHER = {"org": "acme-experts", "slug": "acme-experts", "name": "ACME Experts"}
 
-PACKS = [
+PACKS: list[dict[str, Any]] = [
     {
         "slug": "python-pitfalls",
         "title": "Python Pitfalls",

@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from core.errors import ApplicationError
+from core.requests import current_user
 from governance.policy import Subject
 from marketplace import selectors as market_selectors
 from marketplace import services as market_services
@@ -17,17 +18,17 @@ from vault import selectors as vault_selectors
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    subject = Subject(user=request.user)
+    subject = Subject(user=current_user(request))
     return render(request, "frontend/home.html", {
         "namespaces": vault_selectors.namespaces_readable(actor=subject),
-        "installations": market_selectors.installation_list(user=request.user),
+        "installations": market_selectors.installation_list(user=current_user(request)),
         "recent": vault_selectors.memory_list(actor=subject)[:10],
     })
 
 
 @login_required
 def memories(request: HttpRequest) -> HttpResponse:
-    subject = Subject(user=request.user)
+    subject = Subject(user=current_user(request))
     query = request.GET.get("q", "").strip()[:500]
     namespace = request.GET.get("namespace") or None
     context: dict[str, object] = {"query": query, "namespace": namespace or "",
@@ -52,12 +53,12 @@ def packs(request: HttpRequest) -> HttpResponse:
             pack = market_selectors.pack_get(publisher_slug=request.POST.get("publisher", ""),
                                              slug=request.POST.get("slug", ""))
             release = market_selectors.release_get(pack=pack, version=None)
-            installation = market_services.pack_install(user=request.user, release=release)
+            installation = market_services.pack_install(user=current_user(request), release=release)
             messages.success(request, f"Installed {pack.title} {release.version} into "
                                       f"{installation.namespace.key}.")
         except ApplicationError as exc:
             messages.error(request, exc.message)
         return redirect("packs")
-    installed = {i.release.pack_id for i in market_selectors.installation_list(user=request.user)}
+    installed = {i.release.pack_id for i in market_selectors.installation_list(user=current_user(request))}
     return render(request, "frontend/packs.html", {
         "packs": market_selectors.pack_catalog(query=request.GET.get("q", "")[:200]), "installed": installed})

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.requests import current_user
 from core.serializers import StrictSerializer
 from marketplace import selectors, services
 
@@ -72,11 +73,11 @@ class PackInstallApi(APIView):
         s.is_valid(raise_exception=True)
         pack = selectors.pack_get(publisher_slug=publisher, slug=slug)
         release = selectors.release_get(pack=pack, version=s.validated_data.get("version"))
-        installation = services.pack_install(user=request.user, release=release)
+        installation = services.pack_install(user=current_user(request), release=release)
         return Response(InstallationOutput(installation).data, status=status.HTTP_201_CREATED)
 
 
 class InstallationListApi(APIView):
     @extend_schema(responses=InstallationOutput(many=True), tags=["marketplace"])
     def get(self, request: Request) -> Response:
-        return Response(InstallationOutput(selectors.installation_list(user=request.user), many=True).data)
+        return Response(InstallationOutput(selectors.installation_list(user=current_user(request)), many=True).data)

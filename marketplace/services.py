@@ -92,7 +92,7 @@ def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") ->
         "memories": sorted(
             ({"provenance_id": str(v.cube.provenance_id), "version": v.version, "kind": v.kind,
               "content_sha256": v.content_sha256, "model_fingerprint": v.model_fingerprint} for v in versions),
-            key=lambda m: m["provenance_id"]),
+            key=lambda m: str(m["provenance_id"])),
     }
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     release = PackRelease.objects.create(pack=pack, version=version, notes=notes, manifest=manifest,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--milvus-port", type=int, default=int(os.environ.get("MEMHUB_MILVUS_PORT", "19530")))
         parser.add_argument("--no-demo", action="store_true", help="skip demo data")
 
-    def handle(self, *args: object, **opts: object) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         data_dir = Path(settings.DATA_DIR)
         for sub in ("broker/out", "broker/control", "milvus", "models", "static", "celery"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -41,16 +42,16 @@ class Command(BaseCommand):
             call_command("seed_demo")
 
         procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        milvus = MilvusLiteServer(data_dir / "milvus", port=int(opts["milvus_port"]))  # type: ignore[arg-type]
+        milvus = MilvusLiteServer(data_dir / "milvus", port=int(opts["milvus_port"]))
         env = {**os.environ, "MILVUS_URI": milvus.uri,
                "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
 
-        def stop(*_: object) -> None:
+        def stop() -> None:
             for name, proc in reversed(procs):
                 if proc.poll() is None:
                     self.stdout.write(f"stopping {name}")
                     proc.terminate()
-            for _, proc in procs:
+            for _name, proc in procs:
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
@@ -74,7 +75,7 @@ class Command(BaseCommand):
                 f"{os.environ.get('MEMHUB_DEMO_PASSWORD', 'memhub-demo-password')})\n"
                 f"  API docs: {base}/api/docs/\n"
                 f"  Ctrl-C stops everything.\n"))
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            signal.signal(signal.SIGTERM, _raise_interrupt)
             while all(p.poll() is None for _, p in procs):
                 time.sleep(0.5)
             dead = [name for name, p in procs if p.poll() is not None]
@@ -83,3 +84,8 @@ class Command(BaseCommand):
             pass
         finally:
             stop()
+
+
+def _raise_interrupt(*_: object) -> None:
+    """SIGTERM stops the platform the same way Ctrl-C does."""
+    raise KeyboardInterrupt
