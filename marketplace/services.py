@@ -12,11 +12,13 @@ import secrets
 
 from django.db import IntegrityError, transaction
 
-from accounts.models import NamespaceKind, Organization, Role, User
+from accounts.models import NamespaceKind, Organization, User
 from accounts.services import namespace_create
-from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
+from core.errors import ApplicationError, Conflict
 from governance.audit import audit_record
-from governance.policy import Subject
+from governance.policy import Action, Subject, authorize
+from governance.pii import pii_publish_gate
+from governance.watermarking import watermark_assign, watermark_embed
 from marketplace.models import Installation, Pack, PackRelease, Publisher
 from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryKind
 from vault.services import memory_create_batch, memory_import_batch
@@ -25,11 +27,8 @@ SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]
 
 
 def _require_publisher_admin(*, user: User, publisher: Publisher) -> None:
-    role = publisher.organization.memberships.filter(user=user).values_list("role", flat=True).first()
-    if role is None:
-        raise NotFound("Publisher not found.")
-    if role not in (Role.OWNER, Role.ADMIN, Role.MEMBER):
-        raise PermissionDenied("Viewers cannot publish.")
+    """Publishing is writing to the publisher's namespace: the policy decides (404 / 403)."""
+    authorize(subject=Subject(user=user), action=Action.WRITE, namespace=publisher.namespace)
 
 
 @transaction.atomic
@@ -74,8 +73,11 @@ def _pack_cubes(pack: Pack) -> list[MemCube]:
             if f"pack:{pack.slug}" in c.tags]
 
 
-@transaction.atomic
 def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") -> PackRelease:
+    """Publish an immutable release of the pack's live memories, once the PII gate lets it through.
+
+    The gate runs (and stores its report) before the release transaction, so a refusal keeps the report
+    the publisher needs in order to resolve the findings."""
     _require_publisher_admin(user=user, publisher=pack.publisher)
     if not SEMVER.match(version):
         raise ApplicationError(f"'{version}' is not a semantic version (e.g. 1.2.0).")
@@ -84,6 +86,13 @@ def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") ->
     cubes = _pack_cubes(pack)
     if not cubes:
         raise ApplicationError("The pack has no live memories to release.")
+    pii_publish_gate(actor=Subject(user=user), namespace_key=pack.publisher.namespace.key,
+                     memory_ids=[c.id for c in cubes if c.kind == MemoryKind.PLAINTEXT])
+    return _release_create(pack=pack, cubes=cubes, version=version, notes=notes, user=user)
+
+
+@transaction.atomic
+def _release_create(*, pack: Pack, cubes: list[MemCube], version: str, notes: str, user: User) -> PackRelease:
     versions = list(MemCubeVersion.objects.filter(
         cube__in=cubes, version__in={c.version for c in cubes}).select_related("cube"))
     versions = [v for v in versions if v.version == v.cube.version]
@@ -131,6 +140,10 @@ def pack_install(*, user: User, release: PackRelease) -> Installation:
                 "blob_meta": v.blob_meta} if v.kind != MemoryKind.PLAINTEXT else {}),
             "licence": pack.licence,
         })
+    # Each installation gets its own fingerprint: keyed lexical variants, canaries and a fragile layer.
+    assignment = watermark_assign(source_namespace=pack.publisher.namespace, installation_id=watermark_id,
+                                  installation_namespace=ns)
+    items = watermark_embed(assignment=assignment, items=items)
     # The namespace is read-only to its owner by policy; the install itself is the authorised writer.
     memory_import_batch(actor=Subject(user=user), namespace=ns, items=items, watermark_id=watermark_id,
                         reason=f"install {pack} {release.version}")

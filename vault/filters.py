@@ -19,8 +19,16 @@ from django.utils.timezone import is_naive, make_aware
 from core.errors import ApplicationError
 from vault.models import MemoryKind, MemoryState
 
-KNOWN_FILTERS = ("tags", "kind", "state", "semantic_type", "owner", "created_after", "created_before",
-                 "valid_at")
+KNOWN_FILTERS = (
+    "tags",
+    "kind",
+    "state",
+    "semantic_type",
+    "owner",
+    "created_after",
+    "created_before",
+    "valid_at",
+)
 MAX_FILTER_VALUES = 100
 MAX_FILTER_VALUE_LEN = 128
 

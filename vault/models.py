@@ -29,8 +29,10 @@ class MemoryState(models.TextChoices):
     DELETED = "deleted", "Deleted"
 
 
-# States whose memories are live: readable by default and present in the hot index.
-LIVE_STATES = (MemoryState.GENERATED, MemoryState.ACTIVATED, MemoryState.MERGED)
+# States whose memories are live: present in the hot index and found by search. Merged sources are
+# superseded by the memory they were merged into; archived and expired ones wait for a restore; all of
+# them stay readable by id and in lists.
+LIVE_STATES = (MemoryState.GENERATED, MemoryState.ACTIVATED)
 
 
 class Sensitivity(models.TextChoices):
@@ -90,6 +92,9 @@ class MemCube(MemoryContent):
     licence = models.CharField(max_length=64, blank=True)
     watermark_id = models.CharField(max_length=64, blank=True)
     frozen = models.BooleanField(default=False)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
+    )
     # behaviour (drives scheduling and archival)
     access_count = models.PositiveIntegerField(default=0)
     hit_count = models.PositiveIntegerField(default=0)
@@ -109,21 +114,79 @@ class MemCube(MemoryContent):
         return f"{self.id} v{self.version}"
 
 
+class AclPermission(models.TextChoices):
+    READ = "read", "Read"
+    WRITE = "write", "Read and write"
+
+
+class MemCubeGrant(models.Model):
+    """One per-memory ACL entry, as a row the policy can query (lists, search). `MemCube.acl` carries the
+    same entries for single-memory decisions; `memory_acl_grant`/`memory_acl_revoke` keep both in step.
+    A grant goes to one user, or to every member of an organization holding at least `role`."""
+
+    cube = models.ForeignKey(MemCube, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    role = models.CharField(max_length=16, blank=True)
+    permission = models.CharField(max_length=8, choices=AclPermission.choices)
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, organization__isnull=True)
+                    | models.Q(user__isnull=True, organization__isnull=False)
+                ),
+                name="grant_has_one_principal",
+            ),
+            models.UniqueConstraint(
+                fields=["cube", "user"], condition=models.Q(user__isnull=False), name="uniq_grant_user"
+            ),
+            models.UniqueConstraint(
+                fields=["cube", "organization", "role"],
+                condition=models.Q(organization__isnull=False),
+                name="uniq_grant_org_role",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "permission"], name="grant_user_perm"),
+            models.Index(fields=["organization", "role"], name="grant_org_role"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cube_id} {self.permission} -> {self.user_id or self.organization_id}:{self.role}"
+
+
 class MemCubeVersion(MemoryContent):
     """An immutable snapshot of one version of a MemCube."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     cube = models.ForeignKey(MemCube, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
     operation = models.CharField(max_length=16, choices=VersionOperation.choices)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cube", "version"], name="uniq_cube_version")]
         ordering = ["cube", "version"]
+
+    def __str__(self) -> str:
+        return f"{self.cube_id} v{self.version} ({self.operation})"
 
 
 class IndexOp(models.TextChoices):
@@ -143,3 +206,6 @@ class IndexOutbox(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["processed_at", "id"], name="outbox_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.cube_id}"

@@ -12,7 +12,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import Namespace, User
 from core.errors import ApplicationError, NotFound
-from governance.policy import Action, Subject, authorize, readable_namespaces_q
+from governance.policy import Action, Subject, authorize, readable_memories_q, readable_namespaces_q
 from vault.filters import MemoryFilter, parse_filters
 from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryState
 
@@ -23,7 +23,9 @@ def namespaces_readable(*, actor: Subject) -> QuerySet[Namespace]:
     return Namespace.objects.filter(readable_namespaces_q(actor)).order_by("key")
 
 
-def namespaces_resolve(*, actor: Subject, keys: list[str] | None, action: Action = Action.READ) -> list[Namespace]:
+def namespaces_resolve(
+    *, actor: Subject, keys: list[str] | None, action: Action = Action.READ
+) -> list[Namespace]:
     """Named namespaces (each must exist and be readable: else 404), or every readable one."""
     if not keys:
         return list(namespaces_readable(actor=actor))
@@ -39,9 +41,18 @@ def namespaces_resolve(*, actor: Subject, keys: list[str] | None, action: Action
 
 
 def _visible(actor: Subject) -> QuerySet[MemCube]:
-    return MemCube.objects.filter(readable_namespaces_q(actor, prefix="namespace__")).select_related(
-        "namespace", "owner"
-    )
+    """Memories the policy lets the caller read: its namespaces' and those shared with it by ACL."""
+    return MemCube.objects.filter(readable_memories_q(actor)).select_related("namespace", "owner")
+
+
+def memories_visible(*, actor: Subject) -> QuerySet[MemCube]:
+    return _visible(actor)
+
+
+def _acl_namespaces(actor: Subject, exclude: list[Namespace]) -> list[Namespace]:
+    """Namespaces the caller cannot read that hold memories shared with it one by one."""
+    shared = MemCube.objects.filter(readable_memories_q(actor)).exclude(namespace__in=exclude)
+    return list(Namespace.objects.filter(pk__in=shared.values("namespace_id")))
 
 
 def memory_get(*, actor: Subject, cube_id: Any, include_deleted: bool = False) -> MemCube:
@@ -94,8 +105,9 @@ def apply_filter(qs: QuerySet[MemCube], f: MemoryFilter) -> QuerySet[MemCube]:
     return qs
 
 
-def memory_list(*, actor: Subject, namespace_keys: list[str] | None = None,
-                filters: dict[str, Any] | None = None) -> QuerySet[MemCube]:
+def memory_list(
+    *, actor: Subject, namespace_keys: list[str] | None = None, filters: dict[str, Any] | None = None
+) -> QuerySet[MemCube]:
     f = parse_filters(filters)
     qs = _visible(actor)
     if namespace_keys:
@@ -144,16 +156,29 @@ def _index_filter(namespaces: list[Namespace], f: MemoryFilter) -> Any:
 
     states = [s for s in (f.states or list(LIVE_STATES)) if s in LIVE_STATES]
     return IndexFilter(
-        namespaces=[str(ns.id) for ns in namespaces], kinds=f.kinds or None, states=states,
+        namespaces=[str(ns.id) for ns in namespaces],
+        kinds=f.kinds or None,
+        states=states,
         owners=[str(o) for o in _owner_ids(f.owners)] if f.owners else None,
-        tags_any=f.tags_any or None, tags_all=f.tags_all or None, semantic_types=f.semantic_types or None,
-        created_from_ts=ts(f.created_after), created_to_ts=ts(f.created_before), valid_at_ts=ts(f.valid_at),
+        tags_any=f.tags_any or None,
+        tags_all=f.tags_all or None,
+        semantic_types=f.semantic_types or None,
+        created_from_ts=ts(f.created_after),
+        created_to_ts=ts(f.created_before),
+        valid_at_ts=ts(f.valid_at),
     )
 
 
-def memory_search(*, actor: Subject, query: str, namespace_keys: list[str] | None = None,
-                  filters: dict[str, Any] | None = None, top_k: int = 10, mode: str | None = None,
-                  dense_weight: float | None = None) -> SearchResponse:
+def memory_search(
+    *,
+    actor: Subject,
+    query: str,
+    namespace_keys: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    top_k: int = 10,
+    mode: str | None = None,
+    dense_weight: float | None = None,
+) -> SearchResponse:
     """Hybrid retrieval (dense + BM25 + metadata filters, rank-fused) within what the caller may read.
 
     The index only proposes candidates; every hit is re-checked against the database (the source of
@@ -169,20 +194,34 @@ def memory_search(*, actor: Subject, query: str, namespace_keys: list[str] | Non
         raise ApplicationError(f"'top_k' must be between 1 and {settings.VAULT_SEARCH_MAX_TOP_K}.")
     f = parse_filters(filters)
     if f.states and not set(f.states) & set(LIVE_STATES):
-        raise ApplicationError("Search covers live memories only; list archived or expired ones instead.",
-                               code="invalid_filter")
+        raise ApplicationError(
+            "Search covers live memories only; list archived or expired ones instead.", code="invalid_filter"
+        )
     namespaces = namespaces_resolve(actor=actor, keys=namespace_keys)
-    if not namespaces:
+    # Memories shared by ACL live in namespaces the caller cannot read: search those partitions too and
+    # let the database re-check below keep only the shared memories.
+    acl_namespaces = [] if namespace_keys else _acl_namespaces(actor, namespaces)
+    if not namespaces and not acl_namespaces:
         return SearchResponse([], mode, [], 0.0)
 
     from vault.index import get_index
 
     fetch_k = min(top_k * 2 + 5, settings.VAULT_SEARCH_MAX_TOP_K * 2)
-    hits = get_index().search(query=query, filters=_index_filter(namespaces, f), top_k=fetch_k, mode=mode,
-                              dense_weight=dense_weight)
-    by_id = {str(c.id): c for c in apply_filter(
-        _visible(actor).filter(pk__in=[h.id for h in hits], state__in=LIVE_STATES,
-                               namespace__in=namespaces), f)}
+    if acl_namespaces:
+        fetch_k = settings.VAULT_SEARCH_MAX_TOP_K * 2
+    searched = namespaces + acl_namespaces
+    hits = get_index().search(
+        query=query, filters=_index_filter(searched, f), top_k=fetch_k, mode=mode, dense_weight=dense_weight
+    )
+    by_id = {
+        str(c.id): c
+        for c in apply_filter(
+            _visible(actor).filter(
+                pk__in=[h.id for h in hits], state__in=LIVE_STATES, namespace__in=searched
+            ),
+            f,
+        )
+    }
     results: list[SearchResult] = []
     for hit in hits:
         cube = by_id.get(hit.id)
@@ -192,5 +231,10 @@ def memory_search(*, actor: Subject, query: str, namespace_keys: list[str] | Non
         if len(results) == top_k:
             break
     took = (time.perf_counter() - started) * 1000
-    return SearchResponse(results, mode, [ns.key for ns in namespaces], took,
-                          {"candidates": len(hits), "dropped": len(hits) - len(by_id)})
+    return SearchResponse(
+        results,
+        mode,
+        [ns.key for ns in namespaces],
+        took,
+        {"candidates": len(hits), "dropped": len(hits) - len(by_id)},
+    )

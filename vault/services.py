@@ -13,15 +13,17 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import Namespace
+from accounts.models import Namespace, NamespaceKind, Organization, Role, User
 from core.errors import ApplicationError, Conflict, NotFound
 from governance.audit import audit_record
-from governance.policy import Action, Subject, authorize
+from governance.policy import Action, Subject, authorize, authorize_memory
 from vault.models import (
     LIVE_STATES,
+    AclPermission,
     IndexOp,
     IndexOutbox,
     MemCube,
+    MemCubeGrant,
     MemCubeVersion,
     MemoryKind,
     MemoryState,
@@ -31,9 +33,23 @@ from vault.models import (
 logger = logging.getLogger(__name__)
 
 # Fields a caller may set on create and change on update.
-CONTENT_FIELDS = ("kind", "text", "title", "tags", "metadata", "source", "semantic_type", "language",
-                  "entities", "valid_from", "valid_to", "blob_uri", "blob_sha256", "model_fingerprint",
-                  "blob_meta")
+CONTENT_FIELDS = (
+    "kind",
+    "text",
+    "title",
+    "tags",
+    "metadata",
+    "source",
+    "semantic_type",
+    "language",
+    "entities",
+    "valid_from",
+    "valid_to",
+    "blob_uri",
+    "blob_sha256",
+    "model_fingerprint",
+    "blob_meta",
+)
 GOVERNANCE_FIELDS = ("expires_at", "priority", "sensitivity", "licence")
 UPDATE_MODES = ("overwrite", "append", "merge")
 MAX_TAGS = 50
@@ -75,14 +91,23 @@ def _validate_content(data: dict[str, Any]) -> None:
         raise ApplicationError("'valid_to' must be later than 'valid_from'.")
 
 
-def _snapshot(cube: MemCube, *, operation: str, actor: Subject | None, parent: MemCubeVersion | None,
-              reason: str = "") -> MemCubeVersion:
+def _snapshot(
+    cube: MemCube, *, operation: str, actor: Subject | None, parent: MemCubeVersion | None, reason: str = ""
+) -> MemCubeVersion:
     values = {f: getattr(cube, f) for f in (*CONTENT_FIELDS, "content_sha256", "state")}
-    return MemCubeVersion(cube=cube, version=cube.version, parent=parent, operation=operation,
-                          actor=actor.user if actor else None, reason=reason, **values)
+    return MemCubeVersion(
+        cube=cube,
+        version=cube.version,
+        parent=parent,
+        operation=operation,
+        actor=actor.user if actor else None,
+        reason=reason,
+        **values,
+    )
 
 
-def _enqueue_index(cube_ids: list[Any], op: str) -> None:
+def index_enqueue(cube_ids: list[Any], op: str) -> None:
+    """Queue index work in the caller's transaction; the worker is nudged once it commits."""
     IndexOutbox.objects.bulk_create([IndexOutbox(cube_id=cid, op=op) for cid in cube_ids])
 
     def kick() -> None:
@@ -113,7 +138,9 @@ def memory_create_batch(*, actor: Subject, namespace_key: str, items: list[dict[
     if not items:
         raise ApplicationError("A batch needs at least one memory.")
     if len(items) > settings.VAULT_MAX_BATCH:
-        raise ApplicationError(f"A batch takes at most {settings.VAULT_MAX_BATCH} memories.", code="too_large")
+        raise ApplicationError(
+            f"A batch takes at most {settings.VAULT_MAX_BATCH} memories.", code="too_large"
+        )
     namespaces: dict[str, Namespace] = {}
     cubes: list[MemCube] = []
     for i, item in enumerate(items):
@@ -123,17 +150,24 @@ def memory_create_batch(*, actor: Subject, namespace_key: str, items: list[dict[
         try:
             cubes.append(_build_cube(actor=actor, namespace=namespaces[key], data=item))
         except ApplicationError as exc:
-            raise ApplicationError(f"Item {i}: {exc.message}", extra={"index": i, **exc.extra},
-                                   code=exc.code, status=exc.status) from exc
+            raise ApplicationError(
+                f"Item {i}: {exc.message}", extra={"index": i, **exc.extra}, code=exc.code, status=exc.status
+            ) from exc
     MemCube.objects.bulk_create(cubes)
     MemCubeVersion.objects.bulk_create(
         [_snapshot(c, operation=VersionOperation.CREATE, actor=actor, parent=None) for c in cubes]
     )
-    _enqueue_index([c.id for c in cubes], IndexOp.UPSERT)
+    index_enqueue([c.id for c in cubes], IndexOp.UPSERT)
     for ns in namespaces.values():
         ids = [str(c.id) for c in cubes if c.namespace_id == ns.id]
-        audit_record(actor=actor, operation="memory.create", namespace=ns, object_type="memory",
-                     object_ids=ids, details={"count": len(ids)})
+        audit_record(
+            actor=actor,
+            operation="memory.create",
+            namespace=ns,
+            object_type="memory",
+            object_ids=ids,
+            details={"count": len(ids)},
+        )
     return cubes
 
 
@@ -141,23 +175,31 @@ def memory_create(*, actor: Subject, namespace_key: str, data: dict[str, Any]) -
     return memory_create_batch(actor=actor, namespace_key=namespace_key, items=[data])[0]
 
 
-def _lock_for_write(*, actor: Subject, cube_id: Any, expected_version: int | None) -> MemCube:
-    cube = (
-        MemCube.objects.select_for_update(of=("self",))
-        .select_related("namespace")
-        .filter(pk=cube_id)
-        .exclude(state=MemoryState.DELETED)
-        .first()
-    )
+def memory_lock(
+    *,
+    actor: Subject,
+    cube_id: Any,
+    action: Action = Action.WRITE,
+    expected_version: int | None = None,
+    allow_frozen: bool = False,
+    include_deleted: bool = False,
+) -> MemCube:
+    """Lock one memory for a change the actor must be allowed (`action`, per-memory ACL included).
+    Unreadable or missing: 404. Frozen (unless `allow_frozen`) or a stale `expected_version`: 409."""
+    qs = MemCube.objects.select_for_update(of=("self",)).select_related("namespace").filter(pk=cube_id)
+    if not include_deleted:
+        qs = qs.exclude(state=MemoryState.DELETED)
+    cube = qs.first()
     if cube is None:
         raise NotFound("Memory not found.")
-    authorize(subject=actor, action=Action.WRITE, namespace=cube.namespace)
-    if cube.frozen:
+    authorize_memory(subject=actor, action=action, cube=cube)
+    if cube.frozen and not allow_frozen:
         raise Conflict("Memory is frozen; unfreeze it before changing it.", code="frozen")
     if expected_version is not None and expected_version != cube.version:
         raise Conflict(
             f"Memory is at version {cube.version}, not {expected_version}: it changed since you read it.",
-            extra={"current_version": cube.version}, code="version_conflict",
+            extra={"current_version": cube.version},
+            code="version_conflict",
         )
     return cube
 
@@ -166,7 +208,8 @@ def _head_version(cube: MemCube) -> MemCubeVersion | None:
     return MemCubeVersion.objects.filter(cube=cube, version=cube.version).first()
 
 
-def _new_version(cube: MemCube, *, actor: Subject, operation: str, reason: str = "") -> None:
+def memory_version_write(cube: MemCube, *, actor: Subject, operation: str, reason: str = "") -> None:
+    """Save `cube` (already changed in memory and locked) as its next immutable version."""
     parent = _head_version(cube)
     cube.version += 1
     cube.content_sha256 = content_hash(kind=cube.kind, text=cube.text, blob_sha256=cube.blob_sha256)
@@ -176,15 +219,21 @@ def _new_version(cube: MemCube, *, actor: Subject, operation: str, reason: str =
 
 
 @transaction.atomic
-def memory_update(*, actor: Subject, cube_id: Any, expected_version: int | None, data: dict[str, Any],
-                  mode: str = "overwrite") -> MemCube:
+def memory_update(
+    *,
+    actor: Subject,
+    cube_id: Any,
+    expected_version: int | None,
+    data: dict[str, Any],
+    mode: str = "overwrite",
+) -> MemCube:
     """Write a new version. overwrite: given fields replace; append: text appended, tags/entities added;
     merge: tags/entities unioned, metadata merged key by key, text replaced only if given."""
     if mode not in UPDATE_MODES:
         raise ApplicationError(f"Unknown mode '{mode}'; expected one of {', '.join(UPDATE_MODES)}.")
     if expected_version is None:
         raise ApplicationError("'expected_version' is required so concurrent edits are detected.")
-    cube = _lock_for_write(actor=actor, cube_id=cube_id, expected_version=expected_version)
+    cube = memory_lock(actor=actor, cube_id=cube_id, expected_version=expected_version)
     if "kind" in data and data["kind"] != cube.kind:
         raise ApplicationError("A memory's kind cannot change; create a new memory instead.")
     merged: dict[str, Any] = {f: getattr(cube, f) for f in (*CONTENT_FIELDS, *GOVERNANCE_FIELDS)}
@@ -202,24 +251,156 @@ def memory_update(*, actor: Subject, cube_id: Any, expected_version: int | None,
     _validate_content(merged)
     for key, value in merged.items():
         setattr(cube, key, value)
-    _new_version(cube, actor=actor, operation=mode)
-    _enqueue_index([cube.id], IndexOp.UPSERT)
-    audit_record(actor=actor, operation="memory.update", namespace=cube.namespace, object_type="memory",
-                 object_ids=[str(cube.id)], details={"mode": mode, "version": cube.version,
-                                                     "fields": sorted(data)})
+    memory_version_write(cube, actor=actor, operation=mode)
+    index_enqueue([cube.id], IndexOp.UPSERT)
+    audit_record(
+        actor=actor,
+        operation="memory.update",
+        namespace=cube.namespace,
+        object_type="memory",
+        object_ids=[str(cube.id)],
+        details={"mode": mode, "version": cube.version, "fields": sorted(data)},
+    )
     return cube
 
 
 @transaction.atomic
-def memory_delete(*, actor: Subject, cube_id: Any, expected_version: int | None = None,
-                  reason: str = "") -> MemCube:
+def memory_delete(
+    *, actor: Subject, cube_id: Any, expected_version: int | None = None, reason: str = ""
+) -> MemCube:
     """Soft delete: a new version in state `deleted`; history stays, the index entry goes."""
-    cube = _lock_for_write(actor=actor, cube_id=cube_id, expected_version=expected_version)
+    cube = memory_lock(actor=actor, cube_id=cube_id, expected_version=expected_version)
     cube.state = MemoryState.DELETED
-    _new_version(cube, actor=actor, operation=VersionOperation.DELETE, reason=reason)
-    _enqueue_index([cube.id], IndexOp.DELETE)
-    audit_record(actor=actor, operation="memory.delete", namespace=cube.namespace, object_type="memory",
-                 object_ids=[str(cube.id)], details={"version": cube.version, "reason": reason})
+    memory_version_write(cube, actor=actor, operation=VersionOperation.DELETE, reason=reason)
+    index_enqueue([cube.id], IndexOp.DELETE)
+    audit_record(
+        actor=actor,
+        operation="memory.delete",
+        namespace=cube.namespace,
+        object_type="memory",
+        object_ids=[str(cube.id)],
+        details={"version": cube.version, "reason": reason},
+    )
+    return cube
+
+
+# --- per-memory ACL -------------------------------------------------------------------------------------
+
+
+def _acl_principal(
+    *, username: str | None, org_slug: str | None, role: str | None
+) -> tuple[User | None, Organization | None, str]:
+    if bool(username) == bool(org_slug):
+        raise ApplicationError("Name exactly one principal: 'user', or 'org' (with an optional 'role').")
+    if username:
+        if role:
+            raise ApplicationError("'role' goes with 'org', not with 'user'.")
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            raise ApplicationError(f"User '{username}' not found.", code="unknown_principal")
+        return user, None, ""
+    role = role or Role.MEMBER
+    if role not in Role.values:
+        raise ApplicationError(f"Unknown role '{role}'; expected one of {', '.join(Role.values)}.")
+    org = Organization.objects.filter(slug=org_slug).first()
+    if org is None:
+        raise ApplicationError(f"Organization '{org_slug}' not found.", code="unknown_principal")
+    return None, org, role
+
+
+def _acl_entry(grant: MemCubeGrant) -> dict[str, Any]:
+    if grant.user_id:
+        return {
+            "principal": f"user:{getattr(grant.user, 'username', '')}",
+            "user_id": str(grant.user_id),
+            "permission": grant.permission,
+        }
+    return {
+        "principal": f"org:{getattr(grant.organization, 'slug', '')}:{grant.role}",
+        "org_id": str(grant.organization_id),
+        "role": grant.role,
+        "permission": grant.permission,
+    }
+
+
+def _acl_sync(cube: MemCube) -> None:
+    """Rebuild `MemCube.acl` (what single-memory decisions read) from the grant rows."""
+    grants = MemCubeGrant.objects.filter(cube=cube).select_related("user", "organization")
+    cube.acl = sorted((_acl_entry(g) for g in grants), key=lambda e: e["principal"])
+    MemCube.objects.filter(pk=cube.pk).update(acl=cube.acl)
+
+
+@transaction.atomic
+def memory_acl_grant(
+    *,
+    actor: Subject,
+    cube_id: Any,
+    permission: str,
+    username: str | None = None,
+    org_slug: str | None = None,
+    role: str | None = None,
+) -> MemCube:
+    """Share one memory: read or write for one user, or for an org's members holding at least `role`.
+    Granting a principal again replaces its permission. Needs admin rights on the memory's namespace."""
+    if permission not in AclPermission.values:
+        raise ApplicationError(
+            f"Unknown permission '{permission}'; expected one of {', '.join(AclPermission.values)}."
+        )
+    cube = memory_lock(actor=actor, cube_id=cube_id, action=Action.ADMIN, allow_frozen=True)
+    if cube.namespace.kind == NamespaceKind.INSTALLATION:
+        raise ApplicationError(
+            "Memories of an installed pack are licensed to the installation and cannot be shared one by one.",
+            code="not_shareable",
+        )
+    user, org, role = _acl_principal(username=username, org_slug=org_slug, role=role)
+    lookup = {"user": user} if user else {"organization": org, "role": role}
+    grant = MemCubeGrant.objects.filter(cube=cube, **lookup).first() or MemCubeGrant(cube=cube, **lookup)
+    previous = grant.permission if grant.pk else None
+    grant.permission = permission
+    grant.granted_by = actor.user if actor.is_user else None
+    grant.full_clean(exclude=["cube"])
+    grant.save()
+    _acl_sync(cube)
+    principal = _acl_entry(grant)["principal"]
+    audit_record(
+        actor=actor,
+        operation="memory.acl.grant",
+        namespace=cube.namespace,
+        object_type="memory",
+        object_ids=[str(cube.id)],
+        memory_kind=cube.kind,
+        details={"principal": principal, "permission": permission, "previous": previous},
+    )
+    return cube
+
+
+@transaction.atomic
+def memory_acl_revoke(
+    *,
+    actor: Subject,
+    cube_id: Any,
+    username: str | None = None,
+    org_slug: str | None = None,
+    role: str | None = None,
+) -> MemCube:
+    cube = memory_lock(actor=actor, cube_id=cube_id, action=Action.ADMIN, allow_frozen=True)
+    user, org, role = _acl_principal(username=username, org_slug=org_slug, role=role)
+    lookup = {"user": user} if user else {"organization": org, "role": role}
+    grant = MemCubeGrant.objects.filter(cube=cube, **lookup).select_related("user", "organization").first()
+    if grant is None:
+        raise NotFound("This memory has no ACL entry for that principal.")
+    principal = _acl_entry(grant)["principal"]
+    grant.delete()
+    _acl_sync(cube)
+    audit_record(
+        actor=actor,
+        operation="memory.acl.revoke",
+        namespace=cube.namespace,
+        object_type="memory",
+        object_ids=[str(cube.id)],
+        memory_kind=cube.kind,
+        details={"principal": principal},
+    )
     return cube
 
 
@@ -235,6 +416,7 @@ def memory_record_access(*, cube_ids: list[Any], hit: bool = False) -> None:
 
 # --- index outbox --------------------------------------------------------------------------------------
 
+
 def index_doc_for(cube: MemCube) -> Any:
     from vault.index import IndexDoc
 
@@ -242,10 +424,18 @@ def index_doc_for(cube: MemCube) -> Any:
         return int(value.timestamp()) if value else 0
 
     return IndexDoc(
-        id=str(cube.id), namespace=str(cube.namespace_id), text=cube.text or cube.title, kind=cube.kind,
-        state=cube.state, owner=str(cube.owner_id), tags=[str(t) for t in cube.tags],
-        semantic_type=cube.semantic_type, created_ts=ts(cube.created_at), valid_from_ts=ts(cube.valid_from),
-        valid_to_ts=ts(cube.valid_to), version=cube.version,
+        id=str(cube.id),
+        namespace=str(cube.namespace_id),
+        text=cube.text or cube.title,
+        kind=cube.kind,
+        state=cube.state,
+        owner=str(cube.owner_id),
+        tags=[str(t) for t in cube.tags],
+        semantic_type=cube.semantic_type,
+        created_ts=ts(cube.created_at),
+        valid_from_ts=ts(cube.valid_from),
+        valid_to_ts=ts(cube.valid_to),
+        version=cube.version,
     )
 
 
@@ -279,7 +469,9 @@ def index_outbox_process(*, limit: int | None = None, batch_size: int = 256) -> 
             index_sync_cubes(cube_ids)
         except Exception as exc:
             logger.exception("index outbox batch failed")
-            IndexOutbox.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1, last_error=str(exc)[:2000])
+            IndexOutbox.objects.filter(pk__in=ids).update(
+                attempts=F("attempts") + 1, last_error=str(exc)[:2000]
+            )
             raise
         IndexOutbox.objects.filter(pk__in=ids).update(processed_at=timezone.now(), attempts=F("attempts") + 1)
         done += len(rows)
@@ -306,13 +498,21 @@ def vault_reindex(*, drop: bool = False, batch_size: int = 512) -> int:
             batch = []
     if batch:
         total += index_sync_cubes(batch)[0]
-    IndexOutbox.objects.filter(processed_at__isnull=True, id__lte=high_water).update(processed_at=timezone.now())
+    IndexOutbox.objects.filter(processed_at__isnull=True, id__lte=high_water).update(
+        processed_at=timezone.now()
+    )
     return total
 
 
 @transaction.atomic
-def memory_import_batch(*, actor: Subject, namespace: Namespace, items: list[dict[str, Any]],
-                        watermark_id: str = "", reason: str = "import") -> list[MemCube]:
+def memory_import_batch(
+    *,
+    actor: Subject,
+    namespace: Namespace,
+    items: list[dict[str, Any]],
+    watermark_id: str = "",
+    reason: str = "import",
+) -> list[MemCube]:
     """System write into a namespace the caller may not write by policy (a pack installation, a MIP
     import): the caller of this service has already decided it is allowed. Provenance ids are kept."""
     cubes = []
@@ -322,7 +522,10 @@ def memory_import_batch(*, actor: Subject, namespace: Namespace, items: list[dic
         cubes.append(cube)
     MemCube.objects.bulk_create(cubes)
     MemCubeVersion.objects.bulk_create(
-        [_snapshot(c, operation=VersionOperation.CREATE, actor=actor, parent=None, reason=reason) for c in cubes]
+        [
+            _snapshot(c, operation=VersionOperation.CREATE, actor=actor, parent=None, reason=reason)
+            for c in cubes
+        ]
     )
-    _enqueue_index([c.id for c in cubes], IndexOp.UPSERT)
+    index_enqueue([c.id for c in cubes], IndexOp.UPSERT)
     return cubes

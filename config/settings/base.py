@@ -145,7 +145,14 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"inference.tasks.*": {"queue": "inference"}}
 CELERY_BEAT_SCHEDULE = {
     "vault-index-outbox-sweep": {"task": "vault.tasks.index_outbox_process", "schedule": 30.0},
+    "governance-ttl-expiry": {"task": "governance.tasks.lifecycle_expire_due", "schedule": 300.0},
+    "governance-cold-archival": {"task": "governance.tasks.lifecycle_archive_cold", "schedule": 3600.0},
+    "governance-audit-verify": {"task": "governance.tasks.audit_verify", "schedule": 86400.0},
 }
+
+# --- Governance ------------------------------------------------------------------------------------
+MEMHUB_ARCHIVE_AFTER_DAYS = env.int("MEMHUB_ARCHIVE_AFTER_DAYS", default=90)
+MEMHUB_PII_BLOCKING_THRESHOLD = env.float("MEMHUB_PII_BLOCKING_THRESHOLD", default=0.5)
 
 # --- Vault: embeddings and Milvus -----------------------------------------------------------------
 MILVUS_URI = env.str("MILVUS_URI", default="http://127.0.0.1:19530")

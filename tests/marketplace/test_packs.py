@@ -48,10 +48,13 @@ def test_install_via_api_copies_memories_read_only_with_provenance(released_pack
     assert resp.status_code == 201, resp.json()
     ns_key = resp.json()["namespace"]
     listed = client.get(f"/api/v1/memories?namespace={ns_key}").json()
-    assert sorted(m["text"] for m in listed["results"]) == ["Tip one.", "Tip two."]
-    origin = {str(c.provenance_id) for c in MemCube.objects.filter(namespace__key="publisher:acme")}
-    assert {m["provenance_id"] for m in listed["results"]} == origin
-    assert all(m["watermark_id"] for m in listed["results"])
+    origin = {str(c.provenance_id): c.text for c in MemCube.objects.filter(namespace__key="publisher:acme")}
+    copies = {m["provenance_id"]: m for m in listed["results"] if m["provenance_id"] in origin}
+    assert set(copies) == set(origin)  # every released memory, traceable to its original
+    # the rest are this installation's canaries, indistinguishable from pack memories
+    assert len(listed["results"]) > len(origin)
+    watermark_ids = {m["watermark_id"] for m in listed["results"]}
+    assert len(watermark_ids) == 1 and "" not in watermark_ids
     # installed memories are read-only for their holder
     mid = listed["results"][0]["id"]
     patch = client.patch(f"/api/v1/memories/{mid}", {"expected_version": 1, "text": "edited"}, format="json")
@@ -90,3 +93,39 @@ def test_install_bad_input(released_pack, alice, api_for):
 def test_catalog_lists_packs(released_pack, alice, api_for):
     packs = api_for(alice).get("/api/v1/marketplace/packs?q=tip").json()
     assert [p["slug"] for p in packs] == ["tips"] and packs[0]["releases"][0]["version"] == "1.0.0"
+
+
+def test_publishing_is_refused_while_pii_findings_remain(publisher):
+    expert, pub = publisher
+    pack = market.pack_create(user=expert, publisher=pub, slug="leaky", title="Leaky")
+    market.pack_add_memories(user=expert, pack=pack,
+                             items=[{"text": "Write to jane.doe@northwind-traders.com or call +44 7700 900123 for the spreadsheet."}])
+    with pytest.raises(Exception, match="personal-data") as exc:
+        market.release_publish(user=expert, pack=pack, version="1.0.0")
+    assert exc.value.code == "pii_unresolved"
+    assert not pack.releases.exists()
+
+
+def test_leaked_installation_text_is_attributed_to_its_installer(released_pack, publisher, alice, bob, api_for):
+    """End to end: two users install; text leaked from alice's copy names alice's installation."""
+    expert, pub = publisher
+    pack = market.pack_create(user=expert, publisher=pub, slug="guide", title="Guide")
+    market.pack_add_memories(user=expert, pack=pack, items=[{"text": t} for t in (
+        "The warehouse opens at seven in the morning and closes early on public holidays.",
+        "Large orders must be confirmed by the regional manager before they are shipped abroad.",
+        "Returned goods are inspected within three working days and refunded if they are undamaged.",
+        "Customers can change their delivery address until the parcel has left the depot.",
+        "Fragile items are packed in double boxes with plenty of paper padding around them.",
+    )])
+    market.release_publish(user=expert, pack=pack, version="1.0.0")
+    installs = {u.username: api_for(u).post("/api/v1/marketplace/packs/acme/guide/install", {}, format="json")
+                .json() for u in (alice, bob)}
+    leaked = "\n".join(
+        m["text"] for m in api_for(alice).get(f"/api/v1/memories?namespace={installs['alice']['namespace']}")
+        .json()["results"])
+    resp = api_for(expert).post("/api/v1/governance/watermark/detect", {"text": leaked}, format="json")
+    assert resp.status_code == 200, resp.json()
+    body = resp.json()
+    alice_wm = Installation.objects.get(user=alice, release__pack=pack).watermark_id
+    assert body["accused"] and body["installation_id"] == alice_wm
+    assert body["adjusted_p_value"] < 0.001

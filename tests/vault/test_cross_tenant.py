@@ -9,8 +9,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def alices_memory(alice, api_for):
-    resp = api_for(alice).post("/api/v1/memories", {"namespace": "user:alice", "text": "alice's secret plan"},
-                               format="json")
+    resp = api_for(alice).post(
+        "/api/v1/memories", {"namespace": "user:alice", "text": "alice's secret plan"}, format="json"
+    )
     return resp.json()
 
 
@@ -18,16 +19,26 @@ def test_every_memory_endpoint_is_404_for_another_tenant(alices_memory, bob, api
     mid, pid = alices_memory["id"], alices_memory["provenance_id"]
     b = api_for(bob)
     assert b.get(f"/api/v1/memories/{mid}").status_code == 404
-    assert b.patch(f"/api/v1/memories/{mid}", {"expected_version": 1, "text": "pwned"},
-                   format="json").status_code == 404
+    assert (
+        b.patch(
+            f"/api/v1/memories/{mid}", {"expected_version": 1, "text": "pwned"}, format="json"
+        ).status_code
+        == 404
+    )
     assert b.delete(f"/api/v1/memories/{mid}").status_code == 404
     assert b.get(f"/api/v1/memories/{mid}/history").status_code == 404
     assert b.get(f"/api/v1/memories/provenance/{pid}").status_code == 404
     assert b.get("/api/v1/memories?namespace=user:alice").status_code == 404
-    assert b.post("/api/v1/memories", {"namespace": "user:alice", "text": "plant"},
-                  format="json").status_code == 404
-    assert b.post("/api/v1/memories/batch", {"namespace": "user:alice", "memories": [{"text": "x"}]},
-                  format="json").status_code == 404
+    assert (
+        b.post("/api/v1/memories", {"namespace": "user:alice", "text": "plant"}, format="json").status_code
+        == 404
+    )
+    assert (
+        b.post(
+            "/api/v1/memories/batch", {"namespace": "user:alice", "memories": [{"text": "x"}]}, format="json"
+        ).status_code
+        == 404
+    )
     assert b.get("/api/v1/memories").json()["count"] == 0
     cube = MemCube.objects.get(pk=mid)
     assert cube.text == "alice's secret plan" and cube.version == 1 and cube.state == "activated"

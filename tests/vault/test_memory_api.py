@@ -29,11 +29,17 @@ def test_create_then_get(alice, api_for):
 
 def test_batch_create_is_all_or_nothing(alice, api_for):
     client = api_for(alice)
-    ok = client.post("/api/v1/memories/batch", {"namespace": "user:alice", "memories": [
-        {"text": "one"}, {"text": "two", "tags": ["t"]}]}, format="json")
+    ok = client.post(
+        "/api/v1/memories/batch",
+        {"namespace": "user:alice", "memories": [{"text": "one"}, {"text": "two", "tags": ["t"]}]},
+        format="json",
+    )
     assert ok.status_code == 201 and len(ok.json()) == 2
-    bad = client.post("/api/v1/memories/batch", {"namespace": "user:alice", "memories": [
-        {"text": "three"}, {"text": ""}]}, format="json")
+    bad = client.post(
+        "/api/v1/memories/batch",
+        {"namespace": "user:alice", "memories": [{"text": "three"}, {"text": ""}]},
+        format="json",
+    )
     assert bad.status_code == 400
     assert "Item 1" in bad.json()["error"]["message"]
     assert MemCube.objects.count() == 2
@@ -42,8 +48,9 @@ def test_batch_create_is_all_or_nothing(alice, api_for):
 def test_update_creates_new_version_linked_to_parent(alice, api_for):
     client = api_for(alice)
     m = create(client).json()
-    resp = client.patch(f"/api/v1/memories/{m['id']}", {"expected_version": 1, "text": "Paris, France."},
-                        format="json")
+    resp = client.patch(
+        f"/api/v1/memories/{m['id']}", {"expected_version": 1, "text": "Paris, France."}, format="json"
+    )
     assert resp.status_code == 200 and resp.json()["version"] == 2
     history = client.get(f"/api/v1/memories/{m['id']}/history").json()
     assert [h["version"] for h in history] == [1, 2]
@@ -54,13 +61,17 @@ def test_update_creates_new_version_linked_to_parent(alice, api_for):
 def test_append_and_merge_modes(alice, api_for):
     client = api_for(alice)
     m = create(client, metadata={"a": 1}).json()
-    r = client.patch(f"/api/v1/memories/{m['id']}", {"expected_version": 1, "mode": "append",
-                                                      "text": "It lies on the Seine.", "tags": ["river"]},
-                     format="json").json()
+    r = client.patch(
+        f"/api/v1/memories/{m['id']}",
+        {"expected_version": 1, "mode": "append", "text": "It lies on the Seine.", "tags": ["river"]},
+        format="json",
+    ).json()
     assert r["text"].endswith("\nIt lies on the Seine.") and r["tags"] == ["geo", "river"]
-    r = client.patch(f"/api/v1/memories/{m['id']}", {"expected_version": 2, "mode": "merge",
-                                                      "metadata": {"b": 2}, "tags": ["geo", "city"]},
-                     format="json").json()
+    r = client.patch(
+        f"/api/v1/memories/{m['id']}",
+        {"expected_version": 2, "mode": "merge", "metadata": {"b": 2}, "tags": ["geo", "city"]},
+        format="json",
+    ).json()
     assert r["metadata"] == {"a": 1, "b": 2} and r["tags"] == ["geo", "river", "city"] and r["version"] == 3
 
 
@@ -68,8 +79,9 @@ def test_stale_version_is_409_and_writes_nothing(alice, api_for):
     client = api_for(alice)
     m = create(client).json()
     client.patch(f"/api/v1/memories/{m['id']}", {"expected_version": 1, "text": "v2"}, format="json")
-    resp = client.patch(f"/api/v1/memories/{m['id']}", {"expected_version": 1, "text": "lost update"},
-                        format="json")
+    resp = client.patch(
+        f"/api/v1/memories/{m['id']}", {"expected_version": 1, "text": "lost update"}, format="json"
+    )
     assert resp.status_code == 409
     assert resp.json()["error"]["code"] == "version_conflict"
     assert resp.json()["error"]["extra"]["current_version"] == 2
@@ -144,8 +156,15 @@ def test_reads_and_writes_are_audited(alice, api_for):
         ({"namespace": "user:nobody", "text": "x"}, "not found"),
         ({"namespace": "user:alice", "text": "x" * 20_001}, "limit"),
         ({"namespace": "user:alice", "text": "x", "colour": "red"}, "Unknown field 'colour'"),
-        ({"namespace": "user:alice", "text": "x", "valid_from": "2024-02-01T00:00:00Z",
-          "valid_to": "2024-01-01T00:00:00Z"}, "valid_to"),
+        (
+            {
+                "namespace": "user:alice",
+                "text": "x",
+                "valid_from": "2024-02-01T00:00:00Z",
+                "valid_to": "2024-01-01T00:00:00Z",
+            },
+            "valid_to",
+        ),
         ({"namespace": "user:alice", "kind": "activation", "text": "kv"}, "blob_uri"),
         ({"namespace": "user:alice", "text": "x", "metadata": ["not", "an", "object"]}, "metadata"),
         ({"namespace": "user:alice", "text": "x", "valid_from": "yesterday"}, "valid_from"),
