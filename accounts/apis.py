@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.models import ALL_SCOPES, NamespaceKind, Organization, Role
 from core.errors import NotFound
+from core.serializers import StrictSerializer
 from core.requests import current_user
 from governance.policy import Subject, namespace_actions
 from vault.selectors import namespaces_readable
@@ -31,40 +32,48 @@ class NamespaceOutput(serializers.Serializer):
 
 
 class MeApi(APIView):
-    class Output(serializers.Serializer):
+    class MeOutput(serializers.Serializer):
         id = serializers.UUIDField()
         username = serializers.CharField()
         email = serializers.EmailField()
 
-    @extend_schema(responses=Output, tags=["accounts"])
+    @extend_schema(responses=MeOutput, tags=["accounts"])
     def get(self, request: Request) -> Response:
-        data = dict(self.Output(current_user(request)).data)
+        data = dict(self.MeOutput(current_user(request)).data)
         data["organizations"] = [
             {"slug": m.organization.slug, "role": m.role}
-            for m in current_user(request).memberships.select_related("organization").order_by("organization__slug")
+            for m in current_user(request)
+            .memberships.select_related("organization")
+            .order_by("organization__slug")
         ]
         return Response(data)
 
 
 class OrganizationListCreateApi(APIView):
-    class Input(serializers.Serializer):
+    class OrganizationListCreateInput(StrictSerializer):
         slug = serializers.SlugField(max_length=64)
         name = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
-    class Output(serializers.Serializer):
+    class OrganizationListCreateOutput(serializers.Serializer):
         slug = serializers.CharField()
         name = serializers.CharField()
 
-    @extend_schema(responses=Output(many=True), tags=["accounts"])
+    @extend_schema(responses=OrganizationListCreateOutput(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return Response(self.Output(selectors.organization_list(user=current_user(request)), many=True).data)
+        return Response(
+            self.OrganizationListCreateOutput(
+                selectors.organization_list(user=current_user(request)), many=True
+            ).data
+        )
 
-    @extend_schema(request=Input, responses={201: Output}, tags=["accounts"])
+    @extend_schema(
+        request=OrganizationListCreateInput, responses={201: OrganizationListCreateOutput}, tags=["accounts"]
+    )
     def post(self, request: Request) -> Response:
-        s = self.Input(data=request.data)
+        s = self.OrganizationListCreateInput(data=request.data)
         s.is_valid(raise_exception=True)
         org = services.organization_create(owner=current_user(request), **s.validated_data)
-        return Response(self.Output(org).data, status=status.HTTP_201_CREATED)
+        return Response(self.OrganizationListCreateOutput(org).data, status=status.HTTP_201_CREATED)
 
 
 def _org_for_member(user, slug: str) -> Organization:  # type: ignore[no-untyped-def]
@@ -74,28 +83,37 @@ def _org_for_member(user, slug: str) -> Organization:  # type: ignore[no-untyped
     return org
 
 
+class MemberOutput(serializers.Serializer):
+    username = serializers.CharField()
+    role = serializers.CharField()
+
+
 class MemberListSetApi(APIView):
-    class Input(serializers.Serializer):
+    class MemberListSetInput(StrictSerializer):
         username = serializers.CharField(max_length=150)
         role = serializers.ChoiceField(choices=Role.choices)
 
-    @extend_schema(tags=["accounts"])
+    @extend_schema(responses=MemberOutput(many=True), tags=["accounts"])
     def get(self, request: Request, slug: str) -> Response:
         org = _org_for_member(current_user(request), slug)
-        return Response([{"username": m.user.username, "role": m.role}
-                         for m in org.memberships.select_related("user").order_by("user__username")])
+        return Response(
+            [
+                {"username": m.user.username, "role": m.role}
+                for m in org.memberships.select_related("user").order_by("user__username")
+            ]
+        )
 
-    @extend_schema(request=Input, tags=["accounts"])
+    @extend_schema(request=MemberListSetInput, responses=MemberOutput, tags=["accounts"])
     def post(self, request: Request, slug: str) -> Response:
         org = _org_for_member(current_user(request), slug)
-        s = self.Input(data=request.data)
+        s = self.MemberListSetInput(data=request.data)
         s.is_valid(raise_exception=True)
         m = services.membership_set(actor=current_user(request), org=org, **s.validated_data)
         return Response({"username": m.user.username, "role": m.role}, status=status.HTTP_200_OK)
 
 
 class MemberDeleteApi(APIView):
-    @extend_schema(tags=["accounts"])
+    @extend_schema(responses={204: None}, tags=["accounts"])
     def delete(self, request: Request, slug: str, username: str) -> Response:
         org = _org_for_member(current_user(request), slug)
         services.membership_remove(actor=current_user(request), org=org, username=username)
@@ -103,13 +121,14 @@ class MemberDeleteApi(APIView):
 
 
 class TokenListCreateApi(APIView):
-    class Input(serializers.Serializer):
+    class TokenListCreateInput(StrictSerializer):
         name = serializers.CharField(max_length=100)
-        scopes = serializers.ListField(child=serializers.ChoiceField(choices=ALL_SCOPES), required=False,
-                                       allow_empty=False)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=ALL_SCOPES), required=False, allow_empty=False
+        )
         expires_at = serializers.DateTimeField(required=False)
 
-    class Output(serializers.Serializer):
+    class TokenListCreateOutput(serializers.Serializer):
         id = serializers.UUIDField()
         name = serializers.CharField()
         prefix = serializers.CharField()
@@ -119,29 +138,39 @@ class TokenListCreateApi(APIView):
         expires_at = serializers.DateTimeField()
         revoked_at = serializers.DateTimeField()
 
-    @extend_schema(responses=Output(many=True), tags=["accounts"])
+    @extend_schema(responses=TokenListCreateOutput(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return Response(self.Output(selectors.api_token_list(user=current_user(request)), many=True).data)
+        return Response(
+            self.TokenListCreateOutput(selectors.api_token_list(user=current_user(request)), many=True).data
+        )
 
-    @extend_schema(request=Input, responses={201: Output}, tags=["accounts"],
-                   description="Creates a token. The clear token is in `token` and is shown only this once.")
+    @extend_schema(
+        request=TokenListCreateInput,
+        responses={201: TokenListCreateOutput},
+        tags=["accounts"],
+        description="Creates a token. The clear token is in `token` and is shown only this once.",
+    )
     def post(self, request: Request) -> Response:
-        s = self.Input(data=request.data)
+        s = self.TokenListCreateInput(data=request.data)
         s.is_valid(raise_exception=True)
         token, raw = services.api_token_create(user=current_user(request), **s.validated_data)
-        return Response({**self.Output(token).data, "token": raw}, status=status.HTTP_201_CREATED)
+        return Response(
+            {**self.TokenListCreateOutput(token).data, "token": raw}, status=status.HTTP_201_CREATED
+        )
 
 
 class TokenRevokeApi(APIView):
-    @extend_schema(tags=["accounts"])
+    @extend_schema(responses={204: None}, tags=["accounts"])
     def delete(self, request: Request, token_id: str) -> Response:
         services.api_token_revoke(user=current_user(request), token_id=token_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class NamespaceListCreateApi(APIView):
-    class Input(serializers.Serializer):
-        kind = serializers.ChoiceField(choices=[NamespaceKind.SHARED, NamespaceKind.PUBLISHER, NamespaceKind.ORG])
+    class NamespaceListCreateInput(StrictSerializer):
+        kind = serializers.ChoiceField(
+            choices=[NamespaceKind.SHARED, NamespaceKind.PUBLISHER, NamespaceKind.ORG]
+        )
         slug = serializers.CharField(max_length=100)
         organization = serializers.SlugField(required=False)
         title = serializers.CharField(max_length=200, required=False, allow_blank=True)
@@ -152,12 +181,19 @@ class NamespaceListCreateApi(APIView):
         qs = namespaces_readable(actor=subject).select_related("organization", "owner_user")
         return Response(NamespaceOutput(qs, many=True, context={"subject": subject}).data)
 
-    @extend_schema(request=Input, responses={201: NamespaceOutput}, tags=["accounts"])
+    @extend_schema(request=NamespaceListCreateInput, responses={201: NamespaceOutput}, tags=["accounts"])
     def post(self, request: Request) -> Response:
-        s = self.Input(data=request.data)
+        s = self.NamespaceListCreateInput(data=request.data)
         s.is_valid(raise_exception=True)
         d = s.validated_data
-        ns = services.namespace_create_for(actor=current_user(request), kind=d["kind"], slug=d["slug"],
-                                           organization_slug=d.get("organization"), title=d.get("title", ""))
-        return Response(NamespaceOutput(ns, context={"subject": Subject.from_request(request)}).data,
-                        status=status.HTTP_201_CREATED)
+        ns = services.namespace_create_for(
+            actor=current_user(request),
+            kind=d["kind"],
+            slug=d["slug"],
+            organization_slug=d.get("organization"),
+            title=d.get("title", ""),
+        )
+        return Response(
+            NamespaceOutput(ns, context={"subject": Subject.from_request(request)}).data,
+            status=status.HTTP_201_CREATED,
+        )

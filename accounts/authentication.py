@@ -19,7 +19,9 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         if parts[0] not in (self.keyword, "Token"):
             return None
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Bearer <token>'.")
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header: expected 'Bearer <token>'."
+            )
         token = selectors.api_token_lookup(raw=parts[1])
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")

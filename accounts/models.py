@@ -83,17 +83,21 @@ class Namespace(models.Model):
     key = models.CharField(max_length=160, unique=True)
     kind = models.CharField(max_length=16, choices=NamespaceKind.choices)
     title = models.CharField(max_length=200, blank=True)
-    owner_user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE,
-                                   related_name="namespaces")
-    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.CASCADE,
-                                     related_name="namespaces")
+    owner_user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.CASCADE, related_name="namespaces"
+    )
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="namespaces"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=(Q(owner_user__isnull=False, organization__isnull=True)
-                           | Q(owner_user__isnull=True, organization__isnull=False)),
+                condition=(
+                    Q(owner_user__isnull=False, organization__isnull=True)
+                    | Q(owner_user__isnull=True, organization__isnull=False)
+                ),
                 name="namespace_has_one_owner",
             ),
         ]

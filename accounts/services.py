@@ -87,8 +87,9 @@ def membership_remove(*, actor: User, org: Organization, username: str) -> None:
     membership.delete()
 
 
-def api_token_create(*, user: User, name: str, scopes: list[str] | None = None,
-                     expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def api_token_create(
+    *, user: User, name: str, scopes: list[str] | None = None, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
     """Returns the token row and the clear token, which is never stored and shown only now."""
     scopes = list(dict.fromkeys(scopes or ALL_SCOPES))
     unknown = [s for s in scopes if s not in ALL_SCOPES]
@@ -97,8 +98,14 @@ def api_token_create(*, user: User, name: str, scopes: list[str] | None = None,
     if expires_at is not None and expires_at <= timezone.now():
         raise ApplicationError("'expires_at' must be in the future.")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], key_sha256=token_hash(raw),
-                                    scopes=scopes, expires_at=expires_at)
+    token = ApiToken.objects.create(
+        user=user,
+        name=name,
+        prefix=raw[:10],
+        key_sha256=token_hash(raw),
+        scopes=scopes,
+        expires_at=expires_at,
+    )
     return token, raw
 
 
@@ -112,14 +119,21 @@ def api_token_revoke(*, user: User, token_id: Any) -> ApiToken:
     return token
 
 
-def namespace_create(*, kind: str, slug: str, owner_user: User | None = None,
-                     organization: Organization | None = None, title: str = "") -> Namespace:
+def namespace_create(
+    *,
+    kind: str,
+    slug: str,
+    owner_user: User | None = None,
+    organization: Organization | None = None,
+    title: str = "",
+) -> Namespace:
     if kind not in NamespaceKind.values:
         raise ApplicationError(f"Unknown namespace kind '{kind}'.")
     if (owner_user is None) == (organization is None):
         raise ApplicationError("A namespace has exactly one owner: a user or an organization.")
-    ns = Namespace(key=f"{kind}:{slug}", kind=kind, owner_user=owner_user, organization=organization,
-                   title=title or slug)
+    ns = Namespace(
+        key=f"{kind}:{slug}", kind=kind, owner_user=owner_user, organization=organization, title=title or slug
+    )
     try:
         with transaction.atomic():
             ns.save()
@@ -128,12 +142,15 @@ def namespace_create(*, kind: str, slug: str, owner_user: User | None = None,
     return ns
 
 
-def namespace_create_for(*, actor: User, kind: str, slug: str, organization_slug: str | None = None,
-                         title: str = "") -> Namespace:
+def namespace_create_for(
+    *, actor: User, kind: str, slug: str, organization_slug: str | None = None, title: str = ""
+) -> Namespace:
     """API-facing: users create shared or publisher namespaces for themselves or an org they admin."""
     if kind not in (NamespaceKind.SHARED, NamespaceKind.PUBLISHER, NamespaceKind.ORG):
-        raise ApplicationError("You can create 'shared', 'publisher' or 'org' namespaces; user and "
-                               "installation namespaces are made for you.")
+        raise ApplicationError(
+            "You can create 'shared', 'publisher' or 'org' namespaces; user and "
+            "installation namespaces are made for you."
+        )
     if not slug or slugify(slug) != slug:
         raise ApplicationError("Namespace slug may hold lowercase letters, digits, '-' and '_' only.")
     if organization_slug:

@@ -48,11 +48,15 @@ class InstallationOutput(serializers.Serializer):
 
 
 class PackCatalogApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("q", str), OpenApiParameter("tag", str)],
-                   responses=PackOutput(many=True), tags=["marketplace"])
+    @extend_schema(
+        parameters=[OpenApiParameter("q", str), OpenApiParameter("tag", str)],
+        responses=PackOutput(many=True),
+        tags=["marketplace"],
+    )
     def get(self, request: Request) -> Response:
-        packs = selectors.pack_catalog(query=request.query_params.get("q", "")[:200],
-                                       tag=request.query_params.get("tag", "")[:64])
+        packs = selectors.pack_catalog(
+            query=request.query_params.get("q", "")[:200], tag=request.query_params.get("tag", "")[:64]
+        )
         return Response(PackOutput(packs, many=True).data)
 
 
@@ -63,13 +67,17 @@ class PackDetailApi(APIView):
 
 
 class PackInstallApi(APIView):
-    class Input(StrictSerializer):
+    class PackInstallInput(StrictSerializer):
         version = serializers.CharField(max_length=40, required=False)
 
-    @extend_schema(request=Input, responses={201: InstallationOutput}, tags=["marketplace"],
-                   description="Installs a free release (latest unless `version`) into a read-only namespace.")
+    @extend_schema(
+        request=PackInstallInput,
+        responses={201: InstallationOutput},
+        tags=["marketplace"],
+        description="Installs a free release (latest unless `version`) into a read-only namespace.",
+    )
     def post(self, request: Request, publisher: str, slug: str) -> Response:
-        s = self.Input(data=request.data)
+        s = self.PackInstallInput(data=request.data)
         s.is_valid(raise_exception=True)
         pack = selectors.pack_get(publisher_slug=publisher, slug=slug)
         release = selectors.release_get(pack=pack, version=s.validated_data.get("version"))
@@ -80,4 +88,6 @@ class PackInstallApi(APIView):
 class InstallationListApi(APIView):
     @extend_schema(responses=InstallationOutput(many=True), tags=["marketplace"])
     def get(self, request: Request) -> Response:
-        return Response(InstallationOutput(selectors.installation_list(user=current_user(request)), many=True).data)
+        return Response(
+            InstallationOutput(selectors.installation_list(user=current_user(request)), many=True).data
+        )

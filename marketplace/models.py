@@ -17,8 +17,9 @@ class Publisher(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     slug = models.SlugField(max_length=64, unique=True)
     display_name = models.CharField(max_length=200)
-    organization = models.OneToOneField("accounts.Organization", on_delete=models.PROTECT,
-                                        related_name="publisher")
+    organization = models.OneToOneField(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="publisher"
+    )
     namespace = models.OneToOneField("accounts.Namespace", on_delete=models.PROTECT, related_name="publisher")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -66,8 +67,9 @@ class Installation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     release = models.ForeignKey(PackRelease, on_delete=models.PROTECT, related_name="installations")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="installations")
-    namespace = models.OneToOneField("accounts.Namespace", on_delete=models.PROTECT,
-                                     related_name="installation")
+    namespace = models.OneToOneField(
+        "accounts.Namespace", on_delete=models.PROTECT, related_name="installation"
+    )
     watermark_id = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -18,8 +18,11 @@ def pack_catalog(*, query: str = "", tag: str = "") -> QuerySet[Pack]:
 
 
 def pack_get(*, publisher_slug: str, slug: str) -> Pack:
-    pack = Pack.objects.select_related("publisher").filter(publisher__slug=publisher_slug, slug=slug,
-                                                            listed=True).first()
+    pack = (
+        Pack.objects.select_related("publisher")
+        .filter(publisher__slug=publisher_slug, slug=slug, listed=True)
+        .first()
+    )
     if pack is None:
         raise NotFound(f"Pack '{publisher_slug}/{slug}' not found.")
     return pack
@@ -34,5 +37,8 @@ def release_get(*, pack: Pack, version: str | None) -> PackRelease:
 
 
 def installation_list(*, user: User) -> QuerySet[Installation]:
-    return Installation.objects.filter(user=user).select_related("release__pack__publisher", "namespace") \
+    return (
+        Installation.objects.filter(user=user)
+        .select_related("release__pack__publisher", "namespace")
         .order_by("-created_at")
+    )

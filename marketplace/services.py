@@ -33,20 +33,39 @@ def _require_publisher_admin(*, user: User, publisher: Publisher) -> None:
 
 @transaction.atomic
 def publisher_create(*, organization: Organization, slug: str, display_name: str = "") -> Publisher:
-    ns = namespace_create(kind=NamespaceKind.PUBLISHER, slug=slug, organization=organization,
-                          title=display_name or slug)
-    publisher = Publisher(slug=slug, display_name=display_name or slug, organization=organization, namespace=ns)
+    ns = namespace_create(
+        kind=NamespaceKind.PUBLISHER, slug=slug, organization=organization, title=display_name or slug
+    )
+    publisher = Publisher(
+        slug=slug, display_name=display_name or slug, organization=organization, namespace=ns
+    )
     publisher.full_clean()
     publisher.save()
     return publisher
 
 
 @transaction.atomic
-def pack_create(*, user: User, publisher: Publisher, slug: str, title: str, description: str = "",
-                tags: list[str] | None = None, price_cents: int = 0, licence: str = "") -> Pack:
+def pack_create(
+    *,
+    user: User,
+    publisher: Publisher,
+    slug: str,
+    title: str,
+    description: str = "",
+    tags: list[str] | None = None,
+    price_cents: int = 0,
+    licence: str = "",
+) -> Pack:
     _require_publisher_admin(user=user, publisher=publisher)
-    pack = Pack(publisher=publisher, slug=slug, title=title, description=description, tags=tags or [],
-                price_cents=price_cents, licence=licence or "memhub-standard-1.0")
+    pack = Pack(
+        publisher=publisher,
+        slug=slug,
+        title=title,
+        description=description,
+        tags=tags or [],
+        price_cents=price_cents,
+        licence=licence or "memhub-standard-1.0",
+    )
     pack.full_clean()
     try:
         pack.save()
@@ -64,13 +83,18 @@ def pack_add_memories(*, user: User, pack: Pack, items: list[dict]) -> list[MemC
         item["tags"] = [*item["tags"], f"pack:{pack.slug}"]
         item.setdefault("licence", pack.licence)
         item.setdefault("source", {"publisher": pack.publisher.slug, "pack": pack.slug})
-    return memory_create_batch(actor=Subject(user=user), namespace_key=pack.publisher.namespace.key, items=items)
+    return memory_create_batch(
+        actor=Subject(user=user), namespace_key=pack.publisher.namespace.key, items=items
+    )
 
 
 def _pack_cubes(pack: Pack) -> list[MemCube]:
     ns = pack.publisher.namespace
-    return [c for c in MemCube.objects.filter(namespace=ns, state__in=LIVE_STATES).order_by("created_at", "id")
-            if f"pack:{pack.slug}" in c.tags]
+    return [
+        c
+        for c in MemCube.objects.filter(namespace=ns, state__in=LIVE_STATES).order_by("created_at", "id")
+        if f"pack:{pack.slug}" in c.tags
+    ]
 
 
 def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") -> PackRelease:
@@ -86,30 +110,54 @@ def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") ->
     cubes = _pack_cubes(pack)
     if not cubes:
         raise ApplicationError("The pack has no live memories to release.")
-    pii_publish_gate(actor=Subject(user=user), namespace_key=pack.publisher.namespace.key,
-                     memory_ids=[c.id for c in cubes if c.kind == MemoryKind.PLAINTEXT])
+    pii_publish_gate(
+        actor=Subject(user=user),
+        namespace_key=pack.publisher.namespace.key,
+        memory_ids=[c.id for c in cubes if c.kind == MemoryKind.PLAINTEXT],
+    )
     return _release_create(pack=pack, cubes=cubes, version=version, notes=notes, user=user)
 
 
 @transaction.atomic
 def _release_create(*, pack: Pack, cubes: list[MemCube], version: str, notes: str, user: User) -> PackRelease:
-    versions = list(MemCubeVersion.objects.filter(
-        cube__in=cubes, version__in={c.version for c in cubes}).select_related("cube"))
+    versions = list(
+        MemCubeVersion.objects.filter(cube__in=cubes, version__in={c.version for c in cubes}).select_related(
+            "cube"
+        )
+    )
     versions = [v for v in versions if v.version == v.cube.version]
     manifest = {
-        "publisher": pack.publisher.slug, "pack": pack.slug, "version": version, "licence": pack.licence,
+        "publisher": pack.publisher.slug,
+        "pack": pack.slug,
+        "version": version,
+        "licence": pack.licence,
         "memories": sorted(
-            ({"provenance_id": str(v.cube.provenance_id), "version": v.version, "kind": v.kind,
-              "content_sha256": v.content_sha256, "model_fingerprint": v.model_fingerprint} for v in versions),
-            key=lambda m: str(m["provenance_id"])),
+            (
+                {
+                    "provenance_id": str(v.cube.provenance_id),
+                    "version": v.version,
+                    "kind": v.kind,
+                    "content_sha256": v.content_sha256,
+                    "model_fingerprint": v.model_fingerprint,
+                }
+                for v in versions
+            ),
+            key=lambda m: str(m["provenance_id"]),
+        ),
     }
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    release = PackRelease.objects.create(pack=pack, version=version, notes=notes, manifest=manifest,
-                                         manifest_sha256=digest)
+    release = PackRelease.objects.create(
+        pack=pack, version=version, notes=notes, manifest=manifest, manifest_sha256=digest
+    )
     release.memory_versions.set(versions)
-    audit_record(actor=user, operation="pack.release", namespace=pack.publisher.namespace,
-                 object_type="pack", object_ids=[str(pack.id)], details={"version": version,
-                                                                         "manifest_sha256": digest})
+    audit_record(
+        actor=user,
+        operation="pack.release",
+        namespace=pack.publisher.namespace,
+        object_type="pack",
+        object_ids=[str(pack.id)],
+        details={"version": version, "manifest_sha256": digest},
+    )
     return release
 
 
@@ -118,35 +166,71 @@ def pack_install(*, user: User, release: PackRelease) -> Installation:
     """Install a release for a user: its memories are copied, read-only, into a namespace of their own."""
     pack = release.pack
     if pack.price_cents > 0:
-        raise ApplicationError("This pack is paid; checkout is not available on this instance yet.",
-                               status=402, code="payment_required")
+        raise ApplicationError(
+            "This pack is paid; checkout is not available on this instance yet.",
+            status=402,
+            code="payment_required",
+        )
     existing = Installation.objects.filter(release=release, user=user).first()
     if existing:
         return existing
     installation_id = secrets.token_hex(8)
     slug = f"{pack.publisher.slug}.{pack.slug}.{release.version}.{user.username}.{installation_id[:6]}"
-    ns = namespace_create(kind=NamespaceKind.INSTALLATION, slug=slug, owner_user=user,
-                          title=f"{pack.title} {release.version}")
+    ns = namespace_create(
+        kind=NamespaceKind.INSTALLATION, slug=slug, owner_user=user, title=f"{pack.title} {release.version}"
+    )
     watermark_id = hashlib.sha256(f"{release.id}:{user.pk}:{installation_id}".encode()).hexdigest()[:32]
-    installation = Installation.objects.create(release=release, user=user, namespace=ns, watermark_id=watermark_id)
+    installation = Installation.objects.create(
+        release=release, user=user, namespace=ns, watermark_id=watermark_id
+    )
     items = []
     for v in release.memory_versions.select_related("cube").order_by("cube__provenance_id"):
-        items.append({
-            "kind": v.kind, "text": v.text, "title": v.title, "tags": v.tags, "metadata": v.metadata,
-            "source": {**v.source, "release": release.version, "installation": str(installation.id)},
-            "semantic_type": v.semantic_type, "language": v.language, "entities": v.entities,
-            "valid_from": v.valid_from, "valid_to": v.valid_to, "provenance_id": v.cube.provenance_id,
-            **({"blob_uri": v.blob_uri, "blob_sha256": v.blob_sha256, "model_fingerprint": v.model_fingerprint,
-                "blob_meta": v.blob_meta} if v.kind != MemoryKind.PLAINTEXT else {}),
-            "licence": pack.licence,
-        })
+        items.append(
+            {
+                "kind": v.kind,
+                "text": v.text,
+                "title": v.title,
+                "tags": v.tags,
+                "metadata": v.metadata,
+                "source": {**v.source, "release": release.version, "installation": str(installation.id)},
+                "semantic_type": v.semantic_type,
+                "language": v.language,
+                "entities": v.entities,
+                "valid_from": v.valid_from,
+                "valid_to": v.valid_to,
+                "provenance_id": v.cube.provenance_id,
+                **(
+                    {
+                        "blob_uri": v.blob_uri,
+                        "blob_sha256": v.blob_sha256,
+                        "model_fingerprint": v.model_fingerprint,
+                        "blob_meta": v.blob_meta,
+                    }
+                    if v.kind != MemoryKind.PLAINTEXT
+                    else {}
+                ),
+                "licence": pack.licence,
+            }
+        )
     # Each installation gets its own fingerprint: keyed lexical variants, canaries and a fragile layer.
-    assignment = watermark_assign(source_namespace=pack.publisher.namespace, installation_id=watermark_id,
-                                  installation_namespace=ns)
+    assignment = watermark_assign(
+        source_namespace=pack.publisher.namespace, installation_id=watermark_id, installation_namespace=ns
+    )
     items = watermark_embed(assignment=assignment, items=items)
     # The namespace is read-only to its owner by policy; the install itself is the authorised writer.
-    memory_import_batch(actor=Subject(user=user), namespace=ns, items=items, watermark_id=watermark_id,
-                        reason=f"install {pack} {release.version}")
-    audit_record(actor=user, operation="pack.install", namespace=ns, object_type="installation",
-                 object_ids=[str(installation.id)], details={"pack": str(pack), "version": release.version})
+    memory_import_batch(
+        actor=Subject(user=user),
+        namespace=ns,
+        items=items,
+        watermark_id=watermark_id,
+        reason=f"install {pack} {release.version}",
+    )
+    audit_record(
+        actor=user,
+        operation="pack.install",
+        namespace=ns,
+        object_type="installation",
+        object_ids=[str(installation.id)],
+        details={"pack": str(pack), "version": release.version},
+    )
     return installation

@@ -355,8 +355,16 @@ class MemorySearchApi(APIView):
                 "source": m.source,
             }
 
+    @extend_schema_serializer(component_name="MemorySearchOutput")
+    class SearchOutput(serializers.Serializer):
+        mode = serializers.CharField()
+        namespaces = serializers.ListField(child=serializers.CharField())
+        took_ms = serializers.FloatField()
+        results = serializers.ListField(child=serializers.DictField(), help_text="MemorySearchHitOutput items")
+
     @extend_schema(
         request=Input,
+        responses=SearchOutput,
         tags=["memories"],
         description="Hybrid search (dense + BM25, rank-fused) within the namespaces you may read.",
     )

@@ -174,3 +174,4 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {"MemoryKindEnum": "vault.models.MemoryKind"}
