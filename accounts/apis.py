@@ -11,8 +11,8 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.models import ALL_SCOPES, NamespaceKind, Organization, Role
 from core.errors import NotFound
-from core.serializers import StrictSerializer
 from core.requests import current_user
+from core.serializers import StrictSerializer
 from governance.policy import Subject, namespace_actions
 from vault.selectors import namespaces_readable
 

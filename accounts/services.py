@@ -23,7 +23,7 @@ from accounts.models import (
 from accounts.selectors import token_hash
 from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 
-TOKEN_PREFIX = "mh_"
+TOKEN_PREFIX = "mh_"  # noqa: S105 - a public marker, not a secret
 
 
 @transaction.atomic

@@ -11,8 +11,14 @@ class ApplicationError(Exception):
     status = 400
     code = "invalid"
 
-    def __init__(self, message: str, extra: dict[str, Any] | None = None, *, status: int | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        extra: dict[str, Any] | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra or {}

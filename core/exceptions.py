@@ -1,6 +1,6 @@
 """One JSON error shape for every error the API returns.
 
-    {"error": {"code": "...", "message": "...", "fields": {...}, "extra": {...}}}
+{"error": {"code": "...", "message": "...", "fields": {...}, "extra": {...}}}
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ class StrictSerializer(serializers.Serializer):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise serializers.ValidationError(
-                    {unknown[0]: [f"Unknown field '{unknown[0]}'. Allowed: {', '.join(sorted(self.fields))}."]}
+                    {
+                        unknown[0]: [
+                            f"Unknown field '{unknown[0]}'. Allowed: {', '.join(sorted(self.fields))}."
+                        ]
+                    }
                 )
         return super().to_internal_value(data)
 

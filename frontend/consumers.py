@@ -23,11 +23,23 @@ BATCH = 100
 
 def events_after(user: Any, cursor: int) -> list[dict[str, Any]]:
     subject = Subject(user=user)
-    rows = (AuditEvent.objects.filter(seq__gt=cursor, namespace__isnull=False)
-            .filter(readable_namespaces_q(subject, prefix="namespace__"))
-            .order_by("seq")[:BATCH])
-    return [{"type": "event", "seq": e.seq, "at": e.at.isoformat(), "actor": e.actor_label,
-             "operation": e.operation, "namespace": e.namespace_key, "count": len(e.object_ids)} for e in rows]
+    rows = (
+        AuditEvent.objects.filter(seq__gt=cursor, namespace__isnull=False)
+        .filter(readable_namespaces_q(subject, prefix="namespace__"))
+        .order_by("seq")[:BATCH]
+    )
+    return [
+        {
+            "type": "event",
+            "seq": e.seq,
+            "at": e.at.isoformat(),
+            "actor": e.actor_label,
+            "operation": e.operation,
+            "namespace": e.namespace_key,
+            "count": len(e.object_ids),
+        }
+        for e in rows
+    ]
 
 
 def latest_seq() -> int:
@@ -40,7 +52,9 @@ class MemoryEventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        query = dict(p.split("=", 1) for p in self.scope.get("query_string", b"").decode().split("&") if "=" in p)
+        query = dict(
+            p.split("=", 1) for p in self.scope.get("query_string", b"").decode().split("&") if "=" in p
+        )
         try:
             self.cursor = max(0, int(query.get("cursor", "0")))
         except ValueError:

@@ -19,11 +19,15 @@ from vault import selectors as vault_selectors
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     subject = Subject(user=current_user(request))
-    return render(request, "frontend/home.html", {
-        "namespaces": vault_selectors.namespaces_readable(actor=subject),
-        "installations": market_selectors.installation_list(user=current_user(request)),
-        "recent": vault_selectors.memory_list(actor=subject)[:10],
-    })
+    return render(
+        request,
+        "frontend/home.html",
+        {
+            "namespaces": vault_selectors.namespaces_readable(actor=subject),
+            "installations": market_selectors.installation_list(user=current_user(request)),
+            "recent": vault_selectors.memory_list(actor=subject)[:10],
+        },
+    )
 
 
 @login_required
@@ -31,15 +35,20 @@ def memories(request: HttpRequest) -> HttpResponse:
     subject = Subject(user=current_user(request))
     query = request.GET.get("q", "").strip()[:500]
     namespace = request.GET.get("namespace") or None
-    context: dict[str, object] = {"query": query, "namespace": namespace or "",
-                                  "namespaces": vault_selectors.namespaces_readable(actor=subject)}
+    context: dict[str, object] = {
+        "query": query,
+        "namespace": namespace or "",
+        "namespaces": vault_selectors.namespaces_readable(actor=subject),
+    }
     try:
         if query:
             context["results"] = vault_selectors.memory_search(
-                actor=subject, query=query, namespace_keys=[namespace] if namespace else None, top_k=20).results
+                actor=subject, query=query, namespace_keys=[namespace] if namespace else None, top_k=20
+            ).results
         else:
             context["listing"] = vault_selectors.memory_list(
-                actor=subject, namespace_keys=[namespace] if namespace else None)[:50]
+                actor=subject, namespace_keys=[namespace] if namespace else None
+            )[:50]
     except ApplicationError as exc:
         context["error"] = exc.message
     return render(request, "frontend/memories.html", context)
@@ -50,15 +59,23 @@ def memories(request: HttpRequest) -> HttpResponse:
 def packs(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
-            pack = market_selectors.pack_get(publisher_slug=request.POST.get("publisher", ""),
-                                             slug=request.POST.get("slug", ""))
+            pack = market_selectors.pack_get(
+                publisher_slug=request.POST.get("publisher", ""), slug=request.POST.get("slug", "")
+            )
             release = market_selectors.release_get(pack=pack, version=None)
             installation = market_services.pack_install(user=current_user(request), release=release)
-            messages.success(request, f"Installed {pack.title} {release.version} into "
-                                      f"{installation.namespace.key}.")
+            messages.success(
+                request, f"Installed {pack.title} {release.version} into {installation.namespace.key}."
+            )
         except ApplicationError as exc:
             messages.error(request, exc.message)
         return redirect("packs")
     installed = {i.release.pack_id for i in market_selectors.installation_list(user=current_user(request))}
-    return render(request, "frontend/packs.html", {
-        "packs": market_selectors.pack_catalog(query=request.GET.get("q", "")[:200]), "installed": installed})
+    return render(
+        request,
+        "frontend/packs.html",
+        {
+            "packs": market_selectors.pack_catalog(query=request.GET.get("q", "")[:200]),
+            "installed": installed,
+        },
+    )

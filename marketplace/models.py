@@ -62,6 +62,9 @@ class PackRelease(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["pack", "version"], name="uniq_release_version")]
 
+    def __str__(self) -> str:
+        return f"{self.pack_id}@{self.version}"
+
 
 class Installation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -75,3 +78,6 @@ class Installation(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["release", "user"], name="uniq_install_per_user")]
+
+    def __str__(self) -> str:
+        return f"installation {self.id}"

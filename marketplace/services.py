@@ -16,8 +16,8 @@ from accounts.models import NamespaceKind, Organization, User
 from accounts.services import namespace_create
 from core.errors import ApplicationError, Conflict
 from governance.audit import audit_record
-from governance.policy import Action, Subject, authorize
 from governance.pii import pii_publish_gate
+from governance.policy import Action, Subject, authorize
 from governance.watermarking import watermark_assign, watermark_embed
 from marketplace.models import Installation, Pack, PackRelease, Publisher
 from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryKind

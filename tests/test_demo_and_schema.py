@@ -19,8 +19,13 @@ def test_openapi_schema_documents_the_memory_api(client):
     resp = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert resp.status_code == 200
     paths = resp.json()["paths"]
-    for p in ("/api/v1/memories", "/api/v1/memories/search", "/api/v1/memories/{cube_id}/history",
-              "/api/v1/memories/provenance/{provenance_id}", "/api/v1/marketplace/packs"):
+    for p in (
+        "/api/v1/memories",
+        "/api/v1/memories/search",
+        "/api/v1/memories/{cube_id}/history",
+        "/api/v1/memories/provenance/{provenance_id}",
+        "/api/v1/marketplace/packs",
+    ):
         assert p in paths
 
 

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_services_and_settings():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "milvus", "web", "worker", "beat", "inference-worker", "migrate"} <= set(services)
+    assert {"postgres", "redis", "milvus", "web", "worker", "beat", "inference-worker", "migrate"} <= set(
+        services
+    )
     env = services["web"]["environment"]
     assert env["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
     for key in ("DATABASE_URL", "REDIS_URL", "MILVUS_URI", "DJANGO_SECRET_KEY"):
@@ -22,8 +24,17 @@ def test_compose_services_and_settings():
 
 def test_dockerfile_copies_every_app_and_pins_torch():
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    for app in ("config", "core", "accounts", "vault", "governance", "marketplace", "inference",
-                "mip_protocol", "frontend"):
+    for app in (
+        "config",
+        "core",
+        "accounts",
+        "vault",
+        "governance",
+        "marketplace",
+        "inference",
+        "mip_protocol",
+        "frontend",
+    ):
         assert f"COPY {app} {app}" in text
     assert "torch==2.13.0" in text
     assert "USER memhub" in text

@@ -9,12 +9,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(module: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-c", f"import django, os; os.environ['DJANGO_SETTINGS_MODULE']='{module}'; "
-                               "django.setup(); from django.conf import settings; "
-                               "print(settings.DATABASES['default']['ENGINE'], settings.CHANNEL_LAYERS['default']['BACKEND'])"],
-        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120, check=False,
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import django, os; os.environ['DJANGO_SETTINGS_MODULE']='{module}'; "
+            "django.setup(); from django.conf import settings; "
+            "print(settings.DATABASES['default']['ENGINE'], settings.CHANNEL_LAYERS['default']['BACKEND'])",
+        ],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -29,8 +40,12 @@ def test_production_refuses_sqlite():
 
 
 def test_switching_to_scaled_out_is_settings_only():
-    out = load("config.settings.production", DJANGO_SECRET_KEY="x" * 50, DATABASE_URL="postgres://u@h/db",
-               REDIS_URL="redis://h:6379/0")
+    out = load(
+        "config.settings.production",
+        DJANGO_SECRET_KEY="x" * 50,
+        DATABASE_URL="postgres://u@h/db",
+        REDIS_URL="redis://h:6379/0",
+    )
     assert out.returncode == 0, out.stderr
     assert "postgresql" in out.stdout and "RedisChannelLayer" in out.stdout
 

@@ -360,7 +360,9 @@ class MemorySearchApi(APIView):
         mode = serializers.CharField()
         namespaces = serializers.ListField(child=serializers.CharField())
         took_ms = serializers.FloatField()
-        results = serializers.ListField(child=serializers.DictField(), help_text="MemorySearchHitOutput items")
+        results = serializers.ListField(
+            child=serializers.DictField(), help_text="MemorySearchHitOutput items"
+        )
 
     @extend_schema(
         request=Input,

@@ -47,7 +47,16 @@ class MilvusLiteServer:
     def _command(self) -> list[str]:
         exe = shutil.which("milvus-lite", path=str(Path(sys.executable).parent))
         base = [exe] if exe else [sys.executable, "-m", "milvus_lite"]
-        return [*base, "server", "--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port)]
+        return [
+            *base,
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
 
     def start(self, timeout: float = 60.0) -> MilvusLiteServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

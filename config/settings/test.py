@@ -14,7 +14,10 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/1")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"memhub-test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"},
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": f"memhub-test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}",
+        },
     }
 }
 CELERY_BROKER_URL = "memory://"

@@ -18,10 +18,14 @@ def test_admin_adds_members_with_roles_and_outsiders_see_404(alice, bob, make_us
     carol = make_user("carol")
     a = api_for(alice)
     a.post("/api/v1/orgs", {"slug": "acme"}, format="json")
-    assert a.post("/api/v1/orgs/acme/members", {"username": "bob", "role": "viewer"},
-                  format="json").status_code == 200
+    assert (
+        a.post("/api/v1/orgs/acme/members", {"username": "bob", "role": "viewer"}, format="json").status_code
+        == 200
+    )
     # bob (viewer) cannot manage members
-    resp = api_for(bob).post("/api/v1/orgs/acme/members", {"username": "carol", "role": "member"}, format="json")
+    resp = api_for(bob).post(
+        "/api/v1/orgs/acme/members", {"username": "carol", "role": "member"}, format="json"
+    )
     assert resp.status_code == 403
     # carol is not a member at all: the org does not exist for her
     assert api_for(carol).get("/api/v1/orgs/acme/members").status_code == 404

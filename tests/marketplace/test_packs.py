@@ -42,7 +42,7 @@ def test_release_versions_are_immutable_and_semver(publisher, released_pack):
 
 
 def test_install_via_api_copies_memories_read_only_with_provenance(released_pack, alice, api_for):
-    pack, release = released_pack
+    _pack, _release = released_pack
     client = api_for(alice)
     resp = client.post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json")
     assert resp.status_code == 201, resp.json()
@@ -65,7 +65,11 @@ def test_install_via_api_copies_memories_read_only_with_provenance(released_pack
 
 
 def test_other_users_do_not_see_an_installation(released_pack, alice, bob, api_for):
-    ns_key = api_for(alice).post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json").json()["namespace"]
+    ns_key = (
+        api_for(alice)
+        .post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json")
+        .json()["namespace"]
+    )
     assert api_for(bob).get(f"/api/v1/memories?namespace={ns_key}").status_code == 404
     assert api_for(bob).get("/api/v1/marketplace/installations").json() == []
 
@@ -98,31 +102,50 @@ def test_catalog_lists_packs(released_pack, alice, api_for):
 def test_publishing_is_refused_while_pii_findings_remain(publisher):
     expert, pub = publisher
     pack = market.pack_create(user=expert, publisher=pub, slug="leaky", title="Leaky")
-    market.pack_add_memories(user=expert, pack=pack,
-                             items=[{"text": "Write to jane.doe@northwind-traders.com or call +44 7700 900123 for the spreadsheet."}])
+    market.pack_add_memories(
+        user=expert,
+        pack=pack,
+        items=[
+            {"text": "Write to jane.doe@northwind-traders.com or call +44 7700 900123 for the spreadsheet."}
+        ],
+    )
     with pytest.raises(Exception, match="personal-data") as exc:
         market.release_publish(user=expert, pack=pack, version="1.0.0")
     assert exc.value.code == "pii_unresolved"
     assert not pack.releases.exists()
 
 
-def test_leaked_installation_text_is_attributed_to_its_installer(released_pack, publisher, alice, bob, api_for):
+def test_leaked_installation_text_is_attributed_to_its_installer(
+    released_pack, publisher, alice, bob, api_for
+):
     """End to end: two users install; text leaked from alice's copy names alice's installation."""
     expert, pub = publisher
     pack = market.pack_create(user=expert, publisher=pub, slug="guide", title="Guide")
-    market.pack_add_memories(user=expert, pack=pack, items=[{"text": t} for t in (
-        "The warehouse opens at seven in the morning and closes early on public holidays.",
-        "Large orders must be confirmed by the regional manager before they are shipped abroad.",
-        "Returned goods are inspected within three working days and refunded if they are undamaged.",
-        "Customers can change their delivery address until the parcel has left the depot.",
-        "Fragile items are packed in double boxes with plenty of paper padding around them.",
-    )])
+    market.pack_add_memories(
+        user=expert,
+        pack=pack,
+        items=[
+            {"text": t}
+            for t in (
+                "The warehouse opens at seven in the morning and closes early on public holidays.",
+                "Large orders must be confirmed by the regional manager before they are shipped abroad.",
+                "Returned goods are inspected within three working days and refunded if they are undamaged.",
+                "Customers can change their delivery address until the parcel has left the depot.",
+                "Fragile items are packed in double boxes with plenty of paper padding around them.",
+            )
+        ],
+    )
     market.release_publish(user=expert, pack=pack, version="1.0.0")
-    installs = {u.username: api_for(u).post("/api/v1/marketplace/packs/acme/guide/install", {}, format="json")
-                .json() for u in (alice, bob)}
+    installs = {
+        u.username: api_for(u).post("/api/v1/marketplace/packs/acme/guide/install", {}, format="json").json()
+        for u in (alice, bob)
+    }
     leaked = "\n".join(
-        m["text"] for m in api_for(alice).get(f"/api/v1/memories?namespace={installs['alice']['namespace']}")
-        .json()["results"])
+        m["text"]
+        for m in api_for(alice)
+        .get(f"/api/v1/memories?namespace={installs['alice']['namespace']}")
+        .json()["results"]
+    )
     resp = api_for(expert).post("/api/v1/governance/watermark/detect", {"text": leaked}, format="json")
     assert resp.status_code == 200, resp.json()
     body = resp.json()

@@ -21,7 +21,7 @@ def test_well_known_publishes_a_usable_verify_key(client, tmp_path):
     assert resp.status_code == 200
     doc = resp.json()
     assert doc["protocol"] == "mip" and "0.1" in doc["versions"]
-    (kid, entry), = doc["verify_keys"].items()
+    ((kid, entry),) = doc["verify_keys"].items()
     raw = base64.urlsafe_b64decode(entry["key"] + "=" * (-len(entry["key"]) % 4))
     public = Ed25519PublicKey.from_public_bytes(raw)
     _, private = identity.instance_key()

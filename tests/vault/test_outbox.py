@@ -36,8 +36,11 @@ def test_index_outage_leaves_rows_pending_with_the_error(alice, settings, capsys
 
 def test_reindex_rebuilds_from_the_database(alice, milvus_uri, settings):
     subject = Subject(user=alice)
-    services.memory_create_batch(actor=subject, namespace_key="user:alice",
-                                 items=[{"text": "Lisbon is the capital of Portugal."}, {"text": "Oslo is cold."}])
+    services.memory_create_batch(
+        actor=subject,
+        namespace_key="user:alice",
+        items=[{"text": "Lisbon is the capital of Portugal."}, {"text": "Oslo is cold."}],
+    )
     call_command("vault_reindex", "--drop")
     assert IndexOutbox.objects.filter(processed_at__isnull=True).count() == 0
     hits = memory_search(actor=subject, query="capital of Portugal", top_k=1).results

@@ -18,8 +18,11 @@ FACTS = [
 @pytest.fixture
 def alice_memories(alice, api_for, index_now):
     client = api_for(alice)
-    resp = client.post("/api/v1/memories/batch", {"namespace": "user:alice", "memories": [
-        {"text": t, "tags": tags} for t, tags in FACTS]}, format="json")
+    resp = client.post(
+        "/api/v1/memories/batch",
+        {"namespace": "user:alice", "memories": [{"text": t, "tags": tags} for t, tags in FACTS]},
+        format="json",
+    )
     assert resp.status_code == 201
     index_now()
     return client, resp.json()
@@ -30,7 +33,7 @@ def search(client, **body):
 
 
 def test_semantic_query_finds_the_right_memory_with_scores_and_provenance(alice_memories):
-    client, created = alice_memories
+    client, _created = alice_memories
     resp = search(client, query="Which tall peak is in Japan?", top_k=3)
     assert resp.status_code == 200, resp.json()
     top = resp.json()["results"][0]
@@ -55,7 +58,9 @@ def test_tag_filter_restricts_results(alice_memories):
 
 def test_search_never_returns_another_tenants_memories(alice_memories, bob, api_for, index_now):
     b = api_for(bob)
-    b.post("/api/v1/memories", {"namespace": "user:bob", "text": "Mount Fuji trip notes from bob"}, format="json")
+    b.post(
+        "/api/v1/memories", {"namespace": "user:bob", "text": "Mount Fuji trip notes from bob"}, format="json"
+    )
     index_now()
     results = search(b, query="Mount Fuji Japan", top_k=10).json()["results"]
     assert results and all(r["memory"]["namespace"] == "user:bob" for r in results)
@@ -70,9 +75,11 @@ def test_deleted_and_updated_memories_are_reflected(alice_memories, index_now):
     results = search(client, query="highest mountain in Japan", top_k=5).json()["results"]
     assert all(r["memory"]["id"] != fuji["id"] for r in results)
     bread = next(m for m in created if m["text"].startswith("Sourdough"))
-    client.patch(f"/api/v1/memories/{bread['id']}", {"expected_version": 1,
-                                                     "text": "Rye bread needs a sourdough starter."},
-                 format="json")
+    client.patch(
+        f"/api/v1/memories/{bread['id']}",
+        {"expected_version": 1, "text": "Rye bread needs a sourdough starter."},
+        format="json",
+    )
     index_now()
     top = search(client, query="rye bread", top_k=1).json()["results"][0]
     assert top["memory"]["id"] == bread["id"] and top["memory"]["version"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ALL_SCOPES, User
@@ -17,12 +19,12 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="cli")
         parser.add_argument("--scope", action="append", dest="scopes", choices=ALL_SCOPES)
 
-    def handle(self, *args: object, **opts: object) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         user = User.objects.filter(username=opts["username"]).first()
         if user is None:
             raise CommandError(f"No user '{opts['username']}'.")
         try:
-            _, raw = api_token_create(user=user, name=str(opts["name"]), scopes=opts["scopes"])  # type: ignore[arg-type]
+            _, raw = api_token_create(user=user, name=str(opts["name"]), scopes=opts["scopes"])
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(raw)

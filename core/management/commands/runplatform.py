@@ -29,7 +29,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--host", default=os.environ.get("MEMHUB_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("MEMHUB_PORT", "8000")))
-        parser.add_argument("--milvus-port", type=int, default=int(os.environ.get("MEMHUB_MILVUS_PORT", "19530")))
+        parser.add_argument(
+            "--milvus-port", type=int, default=int(os.environ.get("MEMHUB_MILVUS_PORT", "19530"))
+        )
         parser.add_argument("--no-demo", action="store_true", help="skip demo data")
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -43,8 +45,11 @@ class Command(BaseCommand):
 
         procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         milvus = MilvusLiteServer(data_dir / "milvus", port=int(opts["milvus_port"]))
-        env = {**os.environ, "MILVUS_URI": milvus.uri,
-               "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
+        env = {
+            **os.environ,
+            "MILVUS_URI": milvus.uri,
+            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
+        }
 
         def stop() -> None:
             for name, proc in reversed(procs):
@@ -62,19 +67,59 @@ class Command(BaseCommand):
             self.stdout.write(f"starting milvus-lite server on {milvus.uri}")
             milvus.start()
             py = sys.executable
-            procs.append(("celery worker", subprocess.Popen(  # noqa: S603
-                [py, "-m", "celery", "-A", "config", "worker", "-B", "--pool=solo", "-Q", "default,inference",
-                 "--loglevel=INFO", "--schedule", str(data_dir / "celery" / "beat-schedule")], env=env)))
-            procs.append(("web", subprocess.Popen(  # noqa: S603
-                [py, "-m", "uvicorn", "config.asgi:application", "--host", str(opts["host"]),
-                 "--port", str(opts["port"]), "--log-level", "info"], env=env)))
+            procs.append(
+                (
+                    "celery worker",
+                    subprocess.Popen(  # noqa: S603
+                        [
+                            py,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "config",
+                            "worker",
+                            "-B",
+                            "--pool=solo",
+                            "-Q",
+                            "default,inference",
+                            "--loglevel=INFO",
+                            "--schedule",
+                            str(data_dir / "celery" / "beat-schedule"),
+                        ],
+                        env=env,
+                    ),
+                )
+            )
+            procs.append(
+                (
+                    "web",
+                    subprocess.Popen(  # noqa: S603
+                        [
+                            py,
+                            "-m",
+                            "uvicorn",
+                            "config.asgi:application",
+                            "--host",
+                            str(opts["host"]),
+                            "--port",
+                            str(opts["port"]),
+                            "--log-level",
+                            "info",
+                        ],
+                        env=env,
+                    ),
+                )
+            )
             base = f"http://{opts['host']}:{opts['port']}"
-            self.stdout.write(self.style.SUCCESS(
-                f"\nMemHub is starting on {base}\n"
-                f"  pages:    {base}/            (log in as demo / "
-                f"{os.environ.get('MEMHUB_DEMO_PASSWORD', 'memhub-demo-password')})\n"
-                f"  API docs: {base}/api/docs/\n"
-                f"  Ctrl-C stops everything.\n"))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\nMemHub is starting on {base}\n"
+                    f"  pages:    {base}/            (log in as demo / "
+                    f"{os.environ.get('MEMHUB_DEMO_PASSWORD', 'memhub-demo-password')})\n"
+                    f"  API docs: {base}/api/docs/\n"
+                    f"  Ctrl-C stops everything.\n"
+                )
+            )
             signal.signal(signal.SIGTERM, _raise_interrupt)
             while all(p.poll() is None for _, p in procs):
                 time.sleep(0.5)

@@ -23,28 +23,44 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         password = os.environ.get("MEMHUB_DEMO_PASSWORD", demo_data.DEMO_USER["password"])
         expert = User.objects.filter(username="expert").first() or accounts.user_create(
-            username="expert", password=password)
-        org = Organization.objects.filter(slug=demo_data.PUBLISHER["org"]).first() or \
-            accounts.organization_create(owner=expert, slug=demo_data.PUBLISHER["org"],
-                                         name=demo_data.PUBLISHER["name"])
-        publisher = Publisher.objects.filter(slug=demo_data.PUBLISHER["slug"]).first() or \
-            market.publisher_create(organization=org, slug=demo_data.PUBLISHER["slug"],
-                                    display_name=demo_data.PUBLISHER["name"])
+            username="expert", password=password
+        )
+        org = Organization.objects.filter(
+            slug=demo_data.PUBLISHER["org"]
+        ).first() or accounts.organization_create(
+            owner=expert, slug=demo_data.PUBLISHER["org"], name=demo_data.PUBLISHER["name"]
+        )
+        publisher = Publisher.objects.filter(
+            slug=demo_data.PUBLISHER["slug"]
+        ).first() or market.publisher_create(
+            organization=org, slug=demo_data.PUBLISHER["slug"], display_name=demo_data.PUBLISHER["name"]
+        )
         for spec in demo_data.PACKS:
             pack = Pack.objects.filter(publisher=publisher, slug=spec["slug"]).first()
             if pack is None:
-                pack = market.pack_create(user=expert, publisher=publisher, slug=spec["slug"], title=spec["title"],
-                                          description=spec["description"], tags=spec["tags"],
-                                          price_cents=spec.get("price_cents", 0))
-                market.pack_add_memories(user=expert, pack=pack,
-                                         items=[{"text": t, "semantic_type": "fact"} for t in spec["memories"]])
+                pack = market.pack_create(
+                    user=expert,
+                    publisher=publisher,
+                    slug=spec["slug"],
+                    title=spec["title"],
+                    description=spec["description"],
+                    tags=spec["tags"],
+                    price_cents=spec.get("price_cents", 0),
+                )
+                market.pack_add_memories(
+                    user=expert,
+                    pack=pack,
+                    items=[{"text": t, "semantic_type": "fact"} for t in spec["memories"]],
+                )
                 market.release_publish(user=expert, pack=pack, version="1.0.0", notes="First release.")
         demo = User.objects.filter(username=demo_data.DEMO_USER["username"]).first()
         if demo is None:
             demo = accounts.user_create(username=demo_data.DEMO_USER["username"], password=password)
-            memory_create_batch(actor=Subject(user=demo), namespace_key="user:demo",
-                                items=[{"text": t, "semantic_type": "preference"} for t in
-                                       demo_data.PRIVATE_MEMORIES])
+            memory_create_batch(
+                actor=Subject(user=demo),
+                namespace_key="user:demo",
+                items=[{"text": t, "semantic_type": "preference"} for t in demo_data.PRIVATE_MEMORIES],
+            )
             free = Pack.objects.get(publisher=publisher, slug="python-pitfalls")
             market.pack_install(user=demo, release=free.releases.get(version="1.0.0"))
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: user 'demo' / '{password}'"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand
 from django.utils import timezone
@@ -16,13 +17,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--fail-if-pending", action="store_true")
 
-    def handle(self, *args: object, **opts: object) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         pending = IndexOutbox.objects.filter(processed_at__isnull=True)
         oldest = pending.order_by("id").first()
         failing = pending.exclude(last_error="").order_by("-id").first()
         report = {
             "pending": pending.count(),
-            "oldest_pending_age_s": round((timezone.now() - oldest.created_at).total_seconds(), 1) if oldest else 0,
+            "oldest_pending_age_s": round((timezone.now() - oldest.created_at).total_seconds(), 1)
+            if oldest
+            else 0,
             "last_error": failing.last_error[:500] if failing else "",
         }
         self.stdout.write(json.dumps(report))
