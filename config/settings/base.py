@@ -166,6 +166,13 @@ VAULT_MAX_BATCH = env.int("MEMHUB_MAX_BATCH", default=500)
 VAULT_SEARCH_MODE = env.str("MEMHUB_SEARCH_MODE", default="hybrid")  # hybrid | dense | sparse
 VAULT_SEARCH_MAX_TOP_K = env.int("MEMHUB_SEARCH_MAX_TOP_K", default=100)
 VAULT_INDEX_SYNC = env.bool("MEMHUB_INDEX_SYNC", default=False)
+EMBEDDING_QUANTIZE = env.bool("MEMHUB_EMBEDDING_QUANTIZE", default=True)  # int8 ONNX weights
+EMBEDDING_THREADS = env.int("MEMHUB_EMBEDDING_THREADS", default=0)  # 0: ONNX Runtime decides
+VAULT_FUSION = env.str("MEMHUB_FUSION", default="weighted")  # weighted | rrf
+VAULT_DENSE_WEIGHT = env.float("MEMHUB_DENSE_WEIGHT", default=0.4)
+VAULT_SEARCH_CANDIDATES = env.int("MEMHUB_SEARCH_CANDIDATES", default=50)
+VAULT_HNSW_EF = env.int("MEMHUB_HNSW_EF", default=96)
+VAULT_PRF_DOCS = env.int("MEMHUB_PRF_DOCS", default=5)
 
 LOGGING = {
     "version": 1,

@@ -19,6 +19,7 @@ from vault.index import (
     SearchTuning,
     VectorIndex,
     build_filter_expr,
+    expand_lexical_scores,
     fuse,
     lexical_query,
     lexical_text,
@@ -457,3 +458,38 @@ def test_rrf_fusion_rewards_agreement() -> None:
 def test_fusion_of_single_candidates_and_ties() -> None:
     assert fuse({"a": 0.3}, {}, fusion="weighted", dense_weight=0.4) == [("a", pytest.approx(0.4))]
     assert [k for k, _ in fuse({"b": 0.5, "a": 0.5}, {}, fusion="weighted")] == ["a", "b"]
+
+
+def test_feedback_expansion_lifts_candidates_that_share_the_best_answers_terms() -> None:
+    # Given the two best candidates talk about Saturn's rings through a telescope ...
+    texts = {f"filler{i}": f"groceri list item{i} weekend" for i in range(16)}
+    texts |= {
+        "best1": "telescop saturn ring night",
+        "best2": "telescop saturn ring cloud",
+        "related": "saw saturn ring backyard",  # never says "telescope": BM25 alone misses it
+        "other": "bake bread flour",
+    }
+    sparse = {"best1": 6.0, "best2": 5.5}
+    expanded = expand_lexical_scores(
+        sparse, texts, feedback=["best1", "best2"], query_terms={"telescop"}, terms=5, weight=0.5
+    )
+    # ... the related memory gains lexical evidence, the feedback keeps its score, the unrelated none.
+    assert expanded["related"] > 0
+    assert expanded["best1"] == 6.0 and expanded["best2"] == 5.5
+    assert "other" not in expanded and "filler3" not in expanded
+
+
+def test_feedback_expansion_is_skipped_on_tiny_candidate_sets() -> None:
+    # Two feedback documents out of five candidates: their "distinctive" terms would be noise.
+    texts = {"a": "telescop saturn", "b": "saturn ring", "c": "bread", "d": "ring bell", "e": "saturn moon"}
+    sparse = {"a": 1.0, "b": 0.5}
+    assert expand_lexical_scores(sparse, texts, feedback=["a", "b"], query_terms={"telescop"}) == sparse
+
+
+def test_memories_without_text_are_indexed_and_filterable(index: VectorIndex) -> None:
+    # A KV-cache memory may carry no text at all; it must still be indexed and reachable by filters.
+    blob = doc("", kind="activation", tags=["kv"])
+    index.upsert([blob])
+    assert index.count() == 1
+    flt = IndexFilter(namespaces=[NS_A], kinds=["activation"])
+    assert ids(index.search(query="anything", filters=flt, mode="hybrid")) == {blob.id}
