@@ -165,7 +165,6 @@ VAULT_MAX_TEXT_CHARS = env.int("MEMHUB_MAX_TEXT_CHARS", default=20_000)
 VAULT_MAX_BATCH = env.int("MEMHUB_MAX_BATCH", default=500)
 VAULT_SEARCH_MODE = env.str("MEMHUB_SEARCH_MODE", default="hybrid")  # hybrid | dense | sparse
 VAULT_SEARCH_MAX_TOP_K = env.int("MEMHUB_SEARCH_MAX_TOP_K", default=100)
-VAULT_INDEX_SYNC = env.bool("MEMHUB_INDEX_SYNC", default=False)
 EMBEDDING_QUANTIZE = env.bool("MEMHUB_EMBEDDING_QUANTIZE", default=True)  # int8 ONNX weights
 EMBEDDING_THREADS = env.int("MEMHUB_EMBEDDING_THREADS", default=0)  # 0: ONNX Runtime decides
 VAULT_FUSION = env.str("MEMHUB_FUSION", default="weighted")  # weighted | rrf

@@ -38,7 +38,12 @@ def get_analyzer() -> Any:
                 engine = _build_analyzer()
                 empty = engine.nlp_engine.get_nlp("en").make_doc("")
                 _no_tokens = NlpArtifacts(
-                    entities=[], tokens=empty, tokens_indices=[], lemmas=[], nlp_engine=engine.nlp_engine, language="en"
+                    entities=[],
+                    tokens=empty,
+                    tokens_indices=[],
+                    lemmas=[],
+                    nlp_engine=engine.nlp_engine,
+                    language="en",
                 )
                 _analyzer = engine
     return _analyzer
@@ -58,7 +63,7 @@ def _build_analyzer() -> Any:
         def load(self) -> None:
             nlp = spacy.blank("en")
             nlp.max_length = 20_000_000  # tokenising only; no parser memory to guard
-            self.nlp = {"en": nlp}
+            self.nlp = {"en": nlp}  # type: ignore[assignment]  # the parent declares None until load()
 
     class NoContextEnhancer(ContextAwareEnhancer):
         """Presidio's enhancer matches lemmas, which a blank pipeline does not produce; our

@@ -68,13 +68,14 @@ class RegexRecognizer(LocalRecognizer):
 
 
 def _result(recognizer: LocalRecognizer, entity: str, start: int, end: int, score: float) -> RecognizerResult:
+    name: str = recognizer.name  # type: ignore[has-type]  # presidio assigns it untyped in __init__
     return RecognizerResult(
         entity_type=entity,
         start=start,
         end=end,
         score=score,
         recognition_metadata={
-            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,
+            RecognizerResult.RECOGNIZER_NAME_KEY: name,
             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
         },
     )

@@ -150,7 +150,7 @@ def watermark_tensors(
     out = dict(tensors)
     for name in marked_names(tensors):
         array = tensors[name]
-        work = array.astype(np.float32 if array.dtype.itemsize <= 4 else np.float64)
+        work: np.ndarray = np.asarray(array, dtype=np.float32 if array.dtype.itemsize <= 4 else np.float64)
         sigma = float(np.std(work))
         mark = pattern(key, installation_id, name, work.size).reshape(work.shape)
         out[name] = (work + (strength * sigma) * mark).astype(array.dtype)
@@ -221,7 +221,8 @@ def _residuals(
 
 class AdapterDetector:
     """Scores adapters against a fixed candidate list; caches the candidates' patterns when they fit
-    in `cache_bytes` (one int8 per candidate per weight), so repeated checks cost one matrix product."""
+    in `cache_bytes` (float32, four bytes per candidate per weight, so that scoring is one BLAS
+    matrix-vector product), otherwise regenerates them per candidate."""
 
     def __init__(
         self,
@@ -230,7 +231,7 @@ class AdapterDetector:
         candidates: Sequence[str],
         reference: Mapping[str, np.ndarray] | None = None,
         alpha: float = DEFAULT_ALPHA,
-        cache_bytes: int = 1 << 26,
+        cache_bytes: int = 1 << 27,
     ) -> None:
         _check_key(key)
         self.key = key
@@ -245,9 +246,9 @@ class AdapterDetector:
         if cached is not None and cached.shape[1] == size:
             return cached
         used = sum(a.nbytes for a in self._cache.values())
-        if used + size * len(self.candidates) > self.cache_bytes:
+        if used + 4 * size * len(self.candidates) > self.cache_bytes:
             return None
-        matrix = np.stack([pattern(self.key, c, name, size) for c in self.candidates])
+        matrix = np.stack([pattern(self.key, c, name, size) for c in self.candidates]).astype(np.float32)
         self._cache[name] = matrix
         return matrix
 
@@ -259,7 +260,7 @@ class AdapterDetector:
         for name, r in residual.items():
             matrix = self._patterns(name, r.size)
             if matrix is not None:
-                dots += matrix @ r
+                dots += matrix @ r.astype(np.float32)
             else:
                 dots += np.array(
                     [float(np.dot(r, pattern(self.key, c, name, r.size))) for c in self.candidates]

@@ -90,7 +90,7 @@ def _canon_form(matched: str) -> str:
 
 
 class _Lexicon:
-    """Compiled matchers for the variant pairs, one regex per guard kind."""
+    """Compiled matchers for the variant pairs and the guards' look-aheads."""
 
     SPECIAL = (Guard.SENTENCE_START_BEFORE_SUBJECT, Guard.SERIAL_COMMA, Guard.CLAUSE_COMMA)
 
@@ -272,7 +272,7 @@ def _items(text: str, slots: list[Slot]) -> tuple[list[str], list[int], list[int
 
 
 def _window(items: list[str], j: int, step: int, width: int) -> list[str]:
-    out = []
+    out: list[str] = []
     k = j + step
     while 0 <= k < len(items) and len(out) < width and items[k] != BOUNDARY:
         out.append(items[k])
@@ -292,7 +292,9 @@ def _zw_context(items: list[str], j: int) -> str:
     return f"{left[0] if left else '^'}\x1f{items[j]}\x1f{right[0] if right else '$'}"
 
 
-@functools.lru_cache(maxsize=4096)
+# Installing one pack for many buyers analyses the same memories again and again; the analysis does not
+# depend on the installation, only the bits do.
+@functools.lru_cache(maxsize=1024)
 def _analyze(text: str, key: bytes) -> _Analysis:
     slots = find_slots(text)
     items, starts, slot_of = _items(text, slots)
@@ -554,7 +556,7 @@ def detect_text(
     best = ranking[0] if ranking else None
     adjusted = bonferroni(best.p_value, m) if best else 1.0
     accused = best.installation_id if best and adjusted <= alpha else None
-    layers = {
+    layers: dict[str, dict[str, Any]] = {
         "lexical": {"slots": n_lex},
         "zero_width": {"slots": n_zw},
         "canary": {

@@ -79,6 +79,17 @@ def test_only_listed_variants_change_and_case_is_kept() -> None:
     assert len(seen) > 10
 
 
+def test_punctuation_carriers_toggle_and_nothing_else_changes() -> None:
+    text = "Usually the shop opens early. We bought apples, pears and plums."
+    seen = {visible(watermark_text(text, key=KEY, installation_id=f"p-{i}")) for i in range(40)}
+    assert seen == {
+        "Usually the shop opens early. We bought apples, pears and plums.",
+        "Usually, the shop opens early. We bought apples, pears and plums.",
+        "Usually the shop opens early. We bought apples, pears, and plums.",
+        "Usually, the shop opens early. We bought apples, pears, and plums.",
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "never"),
     [
