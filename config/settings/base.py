@@ -148,6 +148,7 @@ CELERY_BEAT_SCHEDULE = {
     "governance-ttl-expiry": {"task": "governance.tasks.lifecycle_expire_due", "schedule": 300.0},
     "governance-cold-archival": {"task": "governance.tasks.lifecycle_archive_cold", "schedule": 3600.0},
     "governance-audit-verify": {"task": "governance.tasks.audit_verify", "schedule": 86400.0},
+    "inference-kv-demote-cold": {"task": "inference.tasks.kv_demote_cold_task", "schedule": 3600.0},
 }
 
 # --- Governance ------------------------------------------------------------------------------------
