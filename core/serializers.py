@@ -46,3 +46,10 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             raise serializers.ValidationError("Must be a string.")
         return str(super().to_internal_value(data))
+
+
+def validated(serializer_cls: type[serializers.Serializer], data: Any, **kwargs: Any) -> dict[str, Any]:
+    """Validate `data` with `serializer_cls` (a 400 in the house error shape if invalid) and return it."""
+    s = serializer_cls(data=data, **kwargs)
+    s.is_valid(raise_exception=True)
+    return dict(s.validated_data)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
@@ -14,15 +12,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.pagination import CursorlessPagination
-from core.serializers import StrictCharField, StrictSerializer
+from core.serializers import StrictCharField, StrictSerializer, validated
 from governance import pii, selectors, timemachine, watermarking
 from governance.policy import Subject
-
-
-def _validated(serializer_cls: type[serializers.Serializer], data: Any) -> dict[str, Any]:
-    s = serializer_cls(data=data)
-    s.is_valid(raise_exception=True)
-    return dict(s.validated_data)
 
 
 class _FormatIsAnExportChoice(DefaultContentNegotiation):
@@ -109,7 +101,7 @@ class AuditLogApi(APIView):
             k: (request.query_params.getlist(k) if k in ("actor", "operation") else v)
             for k, v in request.query_params.items()
         }
-        q = _validated(self.FilterInput, raw)
+        q = validated(self.FilterInput, raw)
         f = selectors.audit_filter_parse(
             since=q.get("from"),
             until=q.get("to"),
@@ -174,7 +166,7 @@ class SnapshotListCreateApi(APIView):
         tags=["governance"],
     )
     def get(self, request: Request) -> Response:
-        q = _validated(self.FilterInput, request.query_params.dict())
+        q = validated(self.FilterInput, request.query_params.dict())
         qs = timemachine.snapshot_list(actor=Subject.from_request(request), namespace_key=q["namespace"])
         paginator = CursorlessPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -188,7 +180,7 @@ class SnapshotListCreateApi(APIView):
         "Needs admin rights on the namespace (owner; org owner or admin).",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         snapshot = timemachine.snapshot_create(
             actor=Subject.from_request(request),
             namespace_key=d["namespace"],
@@ -251,7 +243,7 @@ class DiffApi(APIView):
         "history. Needs read rights on the namespace.",
     )
     def get(self, request: Request) -> Response:
-        q = _validated(self.FilterInput, request.query_params.dict())
+        q = validated(self.FilterInput, request.query_params.dict())
         diff = timemachine.timemachine_diff(
             actor=Subject.from_request(request),
             namespace_key=q["namespace"],
@@ -288,7 +280,7 @@ class RollbackApi(APIView):
         "admin rights on the namespace.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         result = timemachine.timemachine_rollback(
             actor=Subject.from_request(request),
             namespace_key=d["namespace"],
@@ -359,7 +351,7 @@ class PiiScanApi(APIView):
         "returned transformed, never stored). Needs write rights on the namespace.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         result = pii.pii_scan(
             actor=Subject.from_request(request),
             namespace_key=d["namespace"],
@@ -388,7 +380,7 @@ class PiiReportListApi(APIView):
         tags=["governance"],
     )
     def get(self, request: Request) -> Response:
-        q = _validated(self.FilterInput, request.query_params.dict())
+        q = validated(self.FilterInput, request.query_params.dict())
         qs = pii.pii_report_list(actor=Subject.from_request(request), namespace_key=q["namespace"])
         paginator = CursorlessPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -422,7 +414,7 @@ class PiiResolveApi(APIView):
         "(a new version of each memory). Needs write rights on the namespace.",
     )
     def post(self, request: Request, report_id: str) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         report = pii.pii_resolve(
             actor=Subject.from_request(request),
             report_id=report_id,
@@ -457,7 +449,7 @@ class PiiGateApi(APIView):
         "the threshold are unresolved.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         view = pii.pii_gate_check(
             actor=Subject.from_request(request),
             namespace_key=d["namespace"],
@@ -528,7 +520,7 @@ class WatermarkDetectApi(APIView):
         "scores as high. Needs admin rights on the source namespaces.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         att = watermarking.watermark_detect(
             actor=Subject.from_request(request),
             text=d["text"],

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from core.errors import ApplicationError
 from core.pagination import CursorlessPagination
-from core.serializers import BoundedJSONField, StrictCharField, StrictSerializer
+from core.serializers import BoundedJSONField, StrictCharField, StrictSerializer, validated
 from governance import lifecycle
 from governance.audit import audit_record
 from governance.policy import Subject
@@ -94,12 +94,6 @@ class MemoryOutput(serializers.Serializer):
         return [{"principal": e["principal"], "permission": e["permission"]} for e in cube.acl or []]
 
 
-def _validated(serializer_cls: type[serializers.Serializer], data: Any, **kw: Any) -> dict[str, Any]:
-    s = serializer_cls(data=data, **kw)
-    s.is_valid(raise_exception=True)
-    return dict(s.validated_data)
-
-
 def _audit_read(
     request: Request, cubes: list[Any], operation: str, details: dict[str, Any] | None = None
 ) -> None:
@@ -156,7 +150,7 @@ class MemoryListCreateApi(APIView):
             k: (request.query_params.getlist(k) if k in ("namespace", "tag") else v)
             for k, v in request.query_params.items()
         }
-        q = _validated(self.FilterInput, raw)
+        q = validated(self.FilterInput, raw)
         filters: dict[str, Any] = {
             k: q[k]
             for k in (
@@ -182,7 +176,7 @@ class MemoryListCreateApi(APIView):
 
     @extend_schema(request=MemoryCreateInput, responses={201: MemoryOutput}, tags=["memories"])
     def post(self, request: Request) -> Response:
-        data = _validated(MemoryCreateInput, request.data)
+        data = validated(MemoryCreateInput, request.data)
         cube = services.memory_create(
             actor=Subject.from_request(request), namespace_key=data.pop("namespace"), data=data
         )
@@ -207,7 +201,7 @@ class MemoryBatchCreateApi(APIView):
         description="Creates up to MEMHUB_MAX_BATCH memories atomically: all or none.",
     )
     def post(self, request: Request) -> Response:
-        data = _validated(self.Input, request.data)
+        data = validated(self.Input, request.data)
         if len(data["memories"]) > settings.VAULT_MAX_BATCH:
             raise ApplicationError(
                 f"A batch takes at most {settings.VAULT_MAX_BATCH} memories.", code="too_large"
@@ -246,7 +240,7 @@ class MemoryDetailApi(APIView):
         "is required; a stale one answers 409.",
     )
     def patch(self, request: Request, cube_id: str) -> Response:
-        data = _validated(self.UpdateInput, request.data)
+        data = validated(self.UpdateInput, request.data)
         expected = data.pop("expected_version", None)
         if expected is None and request.headers.get("If-Match"):
             try:
@@ -371,7 +365,7 @@ class MemorySearchApi(APIView):
         description="Hybrid search (dense + BM25, rank-fused) within the namespaces you may read.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         response = selectors.memory_search(
             actor=Subject.from_request(request),
             query=d["query"],
@@ -439,7 +433,7 @@ class MemoryAclApi(APIView):
         "role up, read-only or read-write. Needs admin rights on its namespace.",
     )
     def post(self, request: Request, cube_id: str) -> Response:
-        d = _validated(self.GrantInput, request.data)
+        d = validated(self.GrantInput, request.data)
         cube = services.memory_acl_grant(
             actor=Subject.from_request(request),
             cube_id=cube_id,
@@ -460,7 +454,7 @@ class MemoryAclApi(APIView):
         tags=["memories"],
     )
     def delete(self, request: Request, cube_id: str) -> Response:
-        d = _validated(self.RevokeInput, request.query_params.dict())
+        d = validated(self.RevokeInput, request.query_params.dict())
         services.memory_acl_revoke(
             actor=Subject.from_request(request),
             cube_id=cube_id,
@@ -489,7 +483,7 @@ class MemoryLifecycleApi(APIView):
         "409. Needs admin rights on the namespace.",
     )
     def post(self, request: Request, cube_id: str) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         cube = lifecycle.memory_transition(
             actor=Subject.from_request(request),
             cube_id=cube_id,
@@ -524,7 +518,7 @@ class MemoryMergeApi(APIView):
         "become `merged` (with `merged_into`) and leave the hot index.",
     )
     def post(self, request: Request) -> Response:
-        d = _validated(self.Input, request.data)
+        d = validated(self.Input, request.data)
         sources, reason = d.pop("sources"), d.pop("reason", "")
         cube = lifecycle.memory_merge(
             actor=Subject.from_request(request), source_ids=sources, data=d, reason=reason
