@@ -17,6 +17,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -80,6 +82,7 @@ class MemhubSerializer(serializers.Serializer):
 
 
 class ChatCompletionApi(APIView):
+    @extend_schema_serializer(component_name="ChatCompletionInput")
     class InputSerializer(serializers.Serializer):
         model = serializers.CharField(max_length=200, required=False, allow_blank=True)
         messages = MessageSerializer(many=True, allow_empty=False)
@@ -106,6 +109,11 @@ class ChatCompletionApi(APIView):
                     )
             return attrs
 
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT},
+        tags=["inference"],
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         if not isinstance(request.data, dict):
             raise ApplicationError("The request body must be a JSON object.")
@@ -181,10 +189,16 @@ def _job_view(job: Any) -> dict[str, Any]:
 
 
 class DistillationCreateApi(APIView):
+    @extend_schema_serializer(component_name="DistillationCreateInput")
     class InputSerializer(serializers.Serializer):
         namespace = serializers.CharField(max_length=160)
         config = serializers.DictField(required=False, default=dict)
 
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT},
+        tags=["inference"],
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -198,6 +212,7 @@ class DistillationCreateApi(APIView):
 
 
 class DistillationDetailApi(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT}, tags=["inference"])
     def get(self, request: Request, job_id: str) -> Response:
         return Response(
             _job_view(selectors.distillation_get(subject=Subject.from_request(request), job_id=job_id))
@@ -205,6 +220,7 @@ class DistillationDetailApi(APIView):
 
 
 class AdapterInstallApi(APIView):
+    @extend_schema_serializer(component_name="AdapterInstallInput")
     class InputSerializer(serializers.Serializer):
         namespace = serializers.CharField(max_length=160)
         name = serializers.CharField(max_length=200, required=False, default="")
@@ -213,6 +229,11 @@ class AdapterInstallApi(APIView):
         adapter_model = serializers.FileField()
         memhub_adapter = serializers.FileField(required=False)
 
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT},
+        tags=["inference"],
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -245,6 +266,7 @@ class AdapterInstallApi(APIView):
 
 
 class DecisionListApi(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT}, tags=["inference"])
     def get(self, request: Request, request_id: str) -> Response:
         rows = selectors.decisions_for_request(subject=Subject.from_request(request), request_id=request_id)
         return Response(
