@@ -14,9 +14,10 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
 import django
 django.setup()
 from django.urls import resolve
-import config.urls, inference.apis, inference.services, inference.tasks, inference.scheduler
+import config.asgi, config.urls, inference.apis, inference.services, inference.tasks, inference.scheduler
 assert resolve("/v1/chat/completions").func.view_class.__name__ == "ChatCompletionApi"
-heavy = sorted(m for m in ("torch", "transformers", "peft", "safetensors") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "transformers", "peft", "safetensors", "spacy", "presidio_analyzer",
+                        "onnxruntime", "sentence_transformers") if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 """
 
