@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.conf import settings
@@ -377,7 +378,9 @@ class MemorySearchApi(APIView):
         )
         cubes = [r.memory for r in response.results]
         services.memory_record_access(cube_ids=[c.id for c in cubes], hit=True)
-        _audit_read(request, cubes, "memory.search", {"query_sha256": _sha(d["query"])})
+        _audit_read(
+            request, cubes, "memory.search", {"query_sha256": hashlib.sha256(d["query"].encode()).hexdigest()}
+        )
         return Response(
             {
                 "mode": response.mode,
@@ -386,12 +389,6 @@ class MemorySearchApi(APIView):
                 "results": self.HitOutput(response.results, many=True).data,
             }
         )
-
-
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- per-memory ACL, lifecycle, merge ------------------------------------------------------------------
