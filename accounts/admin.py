@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 
-from accounts.models import ApiToken, Membership, Namespace, Organization, User
+from accounts.models import ApiToken, Invitation, Membership, Namespace, NamespaceJoin, Organization, User
 
 admin.site.register(User, UserAdmin)
 
@@ -26,5 +26,17 @@ class NamespaceAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("key_sha256", "prefix")
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at")
+    readonly_fields = ("key_sha256", "prefix", "parent")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ("organization", "invitee", "role", "status", "invited_by", "created_at", "responded_at")
+    list_filter = ("status", "role")
+
+
+@admin.register(NamespaceJoin)
+class NamespaceJoinAdmin(admin.ModelAdmin):
+    list_display = ("namespace", "user", "created_at")
+    search_fields = ("namespace__key", "user__username")

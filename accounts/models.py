@@ -51,6 +51,7 @@ class TokenScope(models.TextChoices):
     GOVERNANCE = "governance", "Governance (audit, lifecycle)"
     MARKETPLACE = "marketplace", "Marketplace (buy, install, publish)"
     INFERENCE = "inference", "Inference (chat completions)"
+    ACCOUNT = "account", "Account (tokens, organizations, members, invitations, namespaces)"
 
 
 ALL_SCOPES = [s.value for s in TokenScope]
@@ -64,7 +65,12 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, db_index=True)
     key_sha256 = models.CharField(max_length=64, unique=True)
-    scopes = models.JSONField(default=list)
+    scopes = models.JSONField(default=list)  # empty: no scopes at all
+    # The token that minted this one (None: made in a browser session or on the command line). A minted
+    # token holds a subset of its parent's scopes, expires no later than it and is revoked with it.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -72,6 +78,41 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class InvitationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ACCEPTED = "accepted", "Accepted"
+    DECLINED = "declined", "Declined"
+    REVOKED = "revoked", "Revoked"
+
+
+class Invitation(models.Model):
+    """An organization's offer of membership. Membership widens what the invitee's searches and chats
+    read and puts their reads into the organization's audit log, so it starts only when they accept."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    invitee = models.ForeignKey(User, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    invited_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(
+        max_length=16, choices=InvitationStatus.choices, default=InvitationStatus.PENDING
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    responded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "invitee"],
+                condition=Q(status="pending"),
+                name="uniq_pending_invitation",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation {self.invitee_id}@{self.organization_id}:{self.role} ({self.status})"
 
 
 class NamespaceKind(models.TextChoices):
@@ -110,3 +151,19 @@ class Namespace(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class NamespaceJoin(models.Model):
+    """A user's explicit choice to read a `shared:` namespace someone else owns. Without it the namespace
+    is in none of the user's searches, lists, chats or pages: anyone can create a shared namespace, so
+    reading every one of them by default would let anyone place text in everyone's prompts."""
+
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="joins")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="namespace_joins")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["namespace", "user"], name="uniq_namespace_join")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} joined {self.namespace_id}"

@@ -5,7 +5,7 @@ import hashlib
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from accounts.models import ApiToken, Organization, User
+from accounts.models import ApiToken, Invitation, InvitationStatus, NamespaceJoin, Organization, User
 
 
 def token_hash(raw: str) -> str:
@@ -28,3 +28,24 @@ def api_token_list(*, user: User) -> QuerySet[ApiToken]:
 
 def organization_list(*, user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).distinct().order_by("slug")
+
+
+def invitation_list_received(*, user: User) -> QuerySet[Invitation]:
+    """The user's pending invitations (those they can accept or decline)."""
+    return (
+        Invitation.objects.filter(invitee=user, status=InvitationStatus.PENDING)
+        .select_related("organization", "invitee", "invited_by")
+        .order_by("-created_at")
+    )
+
+
+def invitation_list_for_org(*, organization: Organization) -> QuerySet[Invitation]:
+    return (
+        Invitation.objects.filter(organization=organization, status=InvitationStatus.PENDING)
+        .select_related("organization", "invitee", "invited_by")
+        .order_by("-created_at")
+    )
+
+
+def namespace_join_list(*, user: User) -> QuerySet[NamespaceJoin]:
+    return NamespaceJoin.objects.filter(user=user).select_related("namespace").order_by("namespace__key")

@@ -74,7 +74,17 @@ def vault_environment(
         if "MILVUS_URI" not in os.environ:
             from vault.milvus_server import MilvusLiteServer
 
-            server = MilvusLiteServer(data_dir / "milvus").start()
+            # One index-build thread: a multi-threaded HNSW build is not deterministic, and the figures
+            # must be reproducible run to run.
+            omp = os.environ.get("OMP_NUM_THREADS")
+            os.environ["OMP_NUM_THREADS"] = "1"
+            try:
+                server = MilvusLiteServer(data_dir / "milvus").start()
+            finally:
+                if omp is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = omp
             os.environ["MILVUS_URI"] = server.uri
 
         import django

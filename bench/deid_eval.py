@@ -7,7 +7,10 @@ type and their character ranges overlap; each labelled span matches at most one 
 (largest overlap first). Precision for a type = matched findings of that type / findings of that type;
 recall = matched labelled spans of that type / labelled spans of that type; "overall" is the micro
 average over all types. Findings are those `scan` returns at `--min-score` (the publish gate's default
-threshold), so the figures describe what a publisher would actually be shown.
+threshold), so the figures describe what a publisher would actually be shown. Names and places
+(PERSON, LOCATION) come from the configured NER (`MEMHUB_DEID_NER`; outside Django the default,
+`governance.deid.ner:default_ner`); `--no-ner` scores the rule-based recognizers alone. `load` gives
+the seconds the first scan took (Presidio, spaCy and the NER model loading) and the scan rate after it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from governance.deid import DEFAULT_MIN_SCORE, scan
+from governance.deid import DEFAULT_MIN_SCORE, configure_ner, ner_setting, registered_ner, scan
 
 DATA = Path(__file__).with_name("data") / "deid_labelled.jsonl"
 
@@ -111,9 +115,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
     parser.add_argument("--errors", action="store_true", help="list missed and spurious spans")
+    parser.add_argument("--no-ner", action="store_true", help="score without the NER plug-in")
     args = parser.parse_args()
+    if args.no_ner:
+        configure_ner(None)
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    print(json.dumps(evaluate(rows, args.min_score, args.errors), indent=2, ensure_ascii=False))
+    t0 = time.perf_counter()
+    scan("Warm-up: Ada Lovelace wrote to ada@analytical-engines.co.uk from London.")
+    first = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    result = evaluate(rows, args.min_score, args.errors)
+    elapsed = time.perf_counter() - t1
+    result["ner"] = {"setting": "" if args.no_ner else ner_setting(), "plugins": list(registered_ner())}
+    result["load"] = {
+        "first_scan_s": round(first, 2),
+        "scan_s": round(elapsed, 2),
+        "texts_per_s": round(len(rows) / elapsed, 1) if elapsed else None,
+        "chars_per_s": round(sum(len(r["text"]) for r in rows) / elapsed) if elapsed else None,
+    }
+    print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
-"""LoRA adapters: first load, switch time with N installed, and per-token decode overhead.
+"""LoRA adapters: first load, switch time (production pool and all resident), switch + first token, and
+per-token decode overhead.
 
-    .venv/bin/python bench/lora_switch.py [--config path/to/config.json] [--adapters 10]
+    .venv/bin/python bench/lora_switch.py [--config path/to/config.json] [--adapters 10] [--pool 8]
 
 Builds a randomly initialised model of a real model's shape (default: Qwen2-0.5B) with the packaged BERT
 tokenizer, saves it and loads it back through `from_pretrained`, writes --adapters random LoRA adapters
 (safetensors, rank --rank on --targets) and measures through the same `AdapterPool` the workers use:
-  first_load_ms       validate + read + inject + load the first adapter into the model
-  load_ms             the same for the other adapters (median)
-  switch_ms           activate another resident adapter (all N resident), p50/p95 over --switches
-  evicting_switch_ms  activate a non-resident adapter with only --small-pool slots (LRU eviction and an
-                      in-place hot-swap of the evicted slot's weights), p50/p95
-  per_token_overhead  decode seconds per token with an adapter active / without any adapter, minus 1
+  first_load_ms        validate + read + inject + load the first adapter into the model
+  load_ms              the same for the other adapters (median)
+  switch_ms.all_resident     activate another adapter, every one resident (a pool of --adapters)
+  switch_ms.production_pool  the same random switches with the pool the workers use by default
+                       (MEMHUB_LORA_MAX_RESIDENT, default 8, or --pool): hits are cheap, misses evict the
+                       least recently used adapter and hot-swap its slot in place
+  switch_ms.production_pool_miss  every switch a miss (adapters cycled in order): the worst case
+  switch_plus_first_token_ms  activate + prefill --prompt-tokens + the first generated token, for the
+                       same three cases and without any switch (the adapter already active)
+  per_token_overhead   decode seconds per token with an adapter active / without any adapter, minus 1
 Prints one JSON document on stdout.
 """
 
@@ -34,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from transformers.utils import logging as hf_logging
 
+from inference.conf import LORA_MAX_RESIDENT_DEFAULT
 from inference.runtime.generate import GenerationStats, greedy_stream
 from inference.runtime.lora import AdapterPool, adapter_validate
 from inference.runtime.random_model import (
@@ -67,7 +73,13 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     parser.add_argument("--switches", type=int, default=200)
-    parser.add_argument("--small-pool", type=int, default=4)
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=int(os.environ.get("MEMHUB_LORA_MAX_RESIDENT") or LORA_MAX_RESIDENT_DEFAULT),
+        help="the production pool size (default: MEMHUB_LORA_MAX_RESIDENT or the workers' default)",
+    )
+    parser.add_argument("--first-token-rounds", type=int, default=20)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--decode-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
@@ -167,19 +179,61 @@ def main() -> None:
         base_token_s, adapter_token_s = statistics.median(base_rounds), statistics.median(adapter_rounds)
         disabled_token_s = statistics.median(disabled_rounds)
 
-        # A pool smaller than the installed set: switches evict and hot-swap.
-        pool.clear()
-        small = AdapterPool(handle, max_resident=args.small_pool)
-        handle.adapters = small
-        evict_s = []
-        order = list(specs)
-        for i in range(min(args.switches, 60)):
-            spec = order[i % len(order)]
+        def switch_then_first_token(pool: AdapterPool, spec) -> float:  # type: ignore[no-untyped-def]
+            """What a request for another pack waits before its first token: switch, prefill, 1 token."""
             t0 = time.perf_counter()
-            small.activate(spec)
+            pool.activate(spec)
+            for _ in greedy_stream(handle, prompt, max_new_tokens=1, stats=GenerationStats(), stop_ids=set()):
+                break
             sync(handle.device)
-            evict_s.append(time.perf_counter() - t0)
-        evict_s = evict_s[args.small_pool :]  # the first fills are plain loads
+            return time.perf_counter() - t0
+
+        rounds = args.first_token_rounds
+        # All resident: every switch is a hit.
+        first_all = []
+        for _ in range(rounds):
+            current = rng.choice([s for s in specs if s is not current])
+            first_all.append(switch_then_first_token(pool, current))
+        first_same = [switch_then_first_token(pool, current) for _ in range(rounds)]  # no switch at all
+
+        # The production pool: the same random access pattern, hits and misses as they come.
+        pool.clear()
+        prod = AdapterPool(handle, max_resident=args.pool)
+        handle.adapters = prod
+        for spec in specs[: args.pool]:
+            prod.activate(spec)
+        warm_loads, warm_evictions = prod.loads, prod.evictions
+        prod_s, prod_hit = [], []
+        current = specs[args.pool - 1] if args.pool <= len(specs) else specs[-1]
+        for _ in range(args.switches):
+            nxt = rng.choice([s for s in specs if s is not current])
+            hit = nxt.sha256 in prod.resident
+            t0 = time.perf_counter()
+            prod.activate(nxt)
+            sync(handle.device)
+            prod_s.append(time.perf_counter() - t0)
+            prod_hit.append(hit)
+            current = nxt
+        prod_loads = prod.loads - warm_loads
+        prod_evictions, prod_hotswaps = prod.evictions - warm_evictions, prod.hotswaps
+        first_prod = []
+        for _ in range(rounds):
+            current = rng.choice([s for s in specs if s is not current])
+            first_prod.append(switch_then_first_token(prod, current))
+
+        # Worst case for the production pool: adapters cycled in order, so every switch misses.
+        miss_s, first_miss = [], []
+        if len(specs) > args.pool:
+            order = list(specs)
+            for i in range(len(order) * 3):
+                spec = order[i % len(order)]
+                t0 = time.perf_counter()
+                prod.activate(spec)
+                sync(handle.device)
+                miss_s.append(time.perf_counter() - t0)
+            miss_s = miss_s[len(order) :]  # the first cycle fills the pool
+            for i in range(rounds):
+                first_miss.append(switch_then_first_token(prod, order[i % len(order)]))
 
     print(
         json.dumps(
@@ -200,19 +254,26 @@ def main() -> None:
                 if load_s
                 else None,
                 "switch_ms": {
-                    "p50": ms(statistics.median(switch_s)),
-                    "p95": ms(pct(switch_s, 0.95)),
-                    "max": ms(max(switch_s)),
-                    "n": len(switch_s),
+                    "all_resident": {**summary(switch_s), "pool": len(specs)},
+                    "production_pool": {
+                        **summary(prod_s),
+                        "pool": args.pool,
+                        "hit_rate": round(sum(prod_hit) / len(prod_hit), 3),
+                        "hit": summary([t for t, h in zip(prod_s, prod_hit, strict=True) if h]),
+                        "miss": summary([t for t, h in zip(prod_s, prod_hit, strict=True) if not h]),
+                        "loads": prod_loads,
+                        "evictions": prod_evictions,
+                        "hotswaps": prod_hotswaps,
+                    },
+                    "production_pool_miss": {**summary(miss_s), "pool": args.pool} if miss_s else None,
                 },
-                "evicting_switch_ms": {
-                    "p50": ms(statistics.median(evict_s)),
-                    "p95": ms(pct(evict_s, 0.95)),
-                    "pool": args.small_pool,
-                    "hotswaps": small.hotswaps,
-                }
-                if evict_s
-                else None,
+                "switch_plus_first_token_ms": {
+                    "prompt_tokens": len(prompt),
+                    "no_switch": summary(first_same),
+                    "all_resident": summary(first_all),
+                    "production_pool": summary(first_prod),
+                    "production_pool_miss": summary(first_miss) if first_miss else None,
+                },
                 "per_token_overhead": round(adapter_token_s / base_token_s - 1, 4),
                 "per_token_s": {
                     "base": round(base_token_s, 5),
@@ -237,6 +298,17 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "p50": ms(statistics.median(values)),
+        "p95": ms(pct(values, 0.95)),
+        "max": ms(max(values)),
+        "n": len(values),
+    }
 
 
 def sync(device: torch.device) -> None:

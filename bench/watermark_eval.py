@@ -4,8 +4,9 @@
 
 Plaintext: a pack of 35 memories (about 2,900 words of everyday notes written for this bench, below)
 is installed `--installations` times with random installation ids; each installation's copy is its
-watermarked memories plus its canary memories, shuffled. For every installation and every attack the
-attacked copy is attributed against the full list of installation ids (Bonferroni over all of them).
+watermarked memories plus its canary memories (written in the pack's own nouns), shuffled. For every
+installation and every attack the attacked copy is attributed against the full list of installation
+ids (Bonferroni over all of them).
 
 - correct: the detector accuses exactly the installation that leaked.
 - false_accusation: the detector accuses an installation that did not leak (any innocent flagged at the
@@ -47,6 +48,7 @@ from governance.watermark import (
     capacity,
     detect_text,
     observe,
+    pack_vocabulary,
     watermark_tensors,
     watermark_texts,
 )
@@ -314,6 +316,9 @@ PACK_MEMORIES: tuple[str, ...] = (
 )
 
 
+VOCABULARY = pack_vocabulary(PACK_MEMORIES)  # canaries are written in the pack's own nouns
+
+
 def _rate(values: list[bool]) -> float:
     return round(sum(values) / len(values), 4) if values else 0.0
 
@@ -321,7 +326,7 @@ def _rate(values: list[bool]) -> float:
 def installation_copy(ids: str, rng: random.Random, with_canaries: bool = True) -> str:
     memories = watermark_texts(PACK_MEMORIES, key=KEY, installation_id=ids)
     if with_canaries:
-        memories += canary_memories(key=KEY, installation_id=ids)
+        memories += canary_memories(key=KEY, installation_id=ids, vocabulary=VOCABULARY)
     rng.shuffle(memories)
     return "\n".join(memories)
 

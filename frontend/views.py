@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
+from uuid import UUID
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from core.errors import ApplicationError
+from core.errors import ApplicationError, NotFound
 from core.requests import current_user
 from governance.policy import Subject
 from marketplace import selectors as market_selectors
 from marketplace import services as market_services
 from vault import selectors as vault_selectors
+from vault import services as vault_services
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     subject = Subject(user=current_user(request))
+    recent = list(vault_selectors.memory_list(actor=subject)[:10])
+    vault_services.memory_reads_record(
+        actor=subject, cubes=recent, operation="memory.list", details={"door": "page"}
+    )
     return render(
         request,
         "frontend/home.html",
         {
             "namespaces": vault_selectors.namespaces_readable(actor=subject),
             "installations": market_selectors.installation_list(user=current_user(request)),
-            "recent": vault_selectors.memory_list(actor=subject)[:10],
+            "recent": recent,
         },
     )
 
@@ -42,16 +50,44 @@ def memories(request: HttpRequest) -> HttpResponse:
     }
     try:
         if query:
-            context["results"] = vault_selectors.memory_search(
+            results = vault_selectors.memory_search(
                 actor=subject, query=query, namespace_keys=[namespace] if namespace else None, top_k=20
             ).results
+            vault_services.memory_reads_record(
+                actor=subject,
+                cubes=[r.memory for r in results],
+                operation="memory.search",
+                hit=True,
+                details={"query_sha256": hashlib.sha256(query.encode()).hexdigest(), "door": "page"},
+            )
+            context["results"] = results
         else:
-            context["listing"] = vault_selectors.memory_list(
-                actor=subject, namespace_keys=[namespace] if namespace else None
-            )[:50]
+            listing = list(
+                vault_selectors.memory_list(actor=subject, namespace_keys=[namespace] if namespace else None)[
+                    :50
+                ]
+            )
+            vault_services.memory_reads_record(
+                actor=subject, cubes=listing, operation="memory.list", details={"door": "page"}
+            )
+            context["listing"] = listing
     except ApplicationError as exc:
         context["error"] = exc.message
     return render(request, "frontend/memories.html", context)
+
+
+@login_required
+def memory_detail(request: HttpRequest, cube_id: UUID) -> HttpResponse:
+    subject = Subject(user=current_user(request))
+    try:
+        cube = vault_selectors.memory_get(actor=subject, cube_id=cube_id)
+        history = list(vault_selectors.memory_history(actor=subject, cube_id=cube_id))
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+    vault_services.memory_reads_record(
+        actor=subject, cubes=[cube], operation="memory.read", details={"door": "page"}
+    )
+    return render(request, "frontend/memory_detail.html", {"memory": cube, "history": history})
 
 
 @login_required
@@ -63,7 +99,7 @@ def packs(request: HttpRequest) -> HttpResponse:
                 publisher_slug=request.POST.get("publisher", ""), slug=request.POST.get("slug", "")
             )
             release = market_selectors.release_get(pack=pack, version=None)
-            installation = market_services.pack_install(user=current_user(request), release=release)
+            installation = market_services.pack_install(actor=Subject.from_request(request), release=release)
             messages.success(
                 request, f"Installed {pack.title} {release.version} into {installation.namespace.key}."
             )

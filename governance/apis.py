@@ -11,8 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.pagination import CursorlessPagination
+from core.pagination import CursorlessPagination, paginated, paginated_response
 from core.serializers import StrictCharField, StrictSerializer, validated
+from core.throttling import throttles
 from governance import pii, selectors, timemachine, watermarking
 from governance.policy import Subject
 
@@ -28,7 +29,9 @@ class _FormatIsAnExportChoice(DefaultContentNegotiation):
 
 
 class AuditEventOutput(serializers.Serializer):
-    seq = serializers.IntegerField()
+    seq = serializers.IntegerField(help_text="Position in the whole log (orders entries across chains).")
+    chain = serializers.CharField(help_text="The hash chain the entry belongs to: its namespace's.")
+    chain_seq = serializers.IntegerField(help_text="Position in its chain, from 1, without gaps.")
     at = serializers.DateTimeField()
     actor = serializers.CharField(source="actor_label")
     operation = serializers.CharField()
@@ -91,7 +94,7 @@ class AuditLogApi(APIView):
     @extend_schema(
         parameters=AUDIT_PARAMS,
         tags=["governance"],
-        responses={200: AuditEventOutput(many=True)},
+        responses={200: paginated(AuditEventOutput)},
         description="The audit log entries you may see: those of namespaces you own and, for org owners and "
         "admins, of their organization's namespaces. Needs the `governance` scope. With "
         "`format=jsonl` or `format=csv` the whole filtered log streams as a download.",
@@ -125,9 +128,7 @@ class AuditLogApi(APIView):
             )
             response["Content-Disposition"] = 'attachment; filename="audit.csv"'
             return response
-        paginator = CursorlessPagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(AuditEventOutput(page, many=True).data)
+        return paginated_response(request=request, view=self, items=qs, serializer=AuditEventOutput)
 
 
 # --- snapshots and the time machine ----------------------------------------------------------------
@@ -162,15 +163,13 @@ class SnapshotListCreateApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("namespace", str, required=True)],
-        responses=SnapshotOutput(many=True),
+        responses=paginated(SnapshotOutput),
         tags=["governance"],
     )
     def get(self, request: Request) -> Response:
         q = validated(self.FilterInput, request.query_params.dict())
         qs = timemachine.snapshot_list(actor=Subject.from_request(request), namespace_key=q["namespace"])
-        paginator = CursorlessPagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(SnapshotOutput(page, many=True).data)
+        return paginated_response(request=request, view=self, items=qs, serializer=SnapshotOutput)
 
     @extend_schema(
         request=Input,
@@ -240,7 +239,8 @@ class DiffApi(APIView):
         responses=Output,
         tags=["governance"],
         description="Memories added, removed and changed in a namespace between two points, from the version "
-        "history. Needs read rights on the namespace.",
+        "history. Needs read rights on the namespace; superseded and deleted text and titles are shown only "
+        "to those who may write it (a reader gets `null` for them).",
     )
     def get(self, request: Request) -> Response:
         q = validated(self.FilterInput, request.query_params.dict())
@@ -297,6 +297,13 @@ class RollbackApi(APIView):
 
 class PiiReportOutput(serializers.Serializer):
     id = serializers.UUIDField(source="report.id")
+    status = serializers.ChoiceField(
+        choices=["pending", "done", "failed"],
+        help_text="Scans run in the worker: `pending` until it has filled the report in.",
+    )
+    error = serializers.JSONField(
+        source="report.report.error", default=None, help_text="A failed scan: code, message, extra."
+    )
     namespace = serializers.CharField(source="report.namespace.key")
     source = serializers.CharField(source="report.source")  # type: ignore[assignment]
     mode = serializers.CharField(source="report.mode")
@@ -313,11 +320,20 @@ class PiiReportOutput(serializers.Serializer):
     blocking = serializers.IntegerField(help_text="Open findings at or above the threshold.")
     publishable = serializers.BooleanField(source="ok")
     rewritten = serializers.JSONField(source="report.applied", help_text="memory id -> version written.")
+    texts = serializers.ListField(
+        child=serializers.CharField(),
+        source="report.report.texts",
+        default=None,
+        allow_null=True,
+        help_text="Text scans in redact / pseudonymize mode, once done: the transformed texts.",
+    )
     created_by = serializers.CharField(source="report.created_by.username", default=None)
     created_at = serializers.DateTimeField(source="report.created_at")
 
 
 class PiiScanApi(APIView):
+    throttle_classes = throttles("pii_scan")
+
     @extend_schema_serializer(component_name="PiiScanInput")
     class Input(StrictSerializer):
         namespace = serializers.CharField(max_length=160)
@@ -333,26 +349,20 @@ class PiiScanApi(APIView):
         threshold = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
         min_score = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
 
-    @extend_schema_serializer(component_name="PiiScanOutput")
-    class Output(PiiReportOutput):
-        texts = serializers.ListField(
-            child=serializers.CharField(),
-            allow_null=True,
-            help_text="Text scans in redact / pseudonymize mode: the transformed texts.",
-        )
-
     @extend_schema(
         request=Input,
-        responses={201: Output},
+        responses={202: PiiReportOutput},
         tags=["governance"],
-        description="Scan `texts` (an upload) or the plaintext memories of `namespace` (all, or "
-        "`memories`) for personal data and secrets, and store the report. `redact` and "
-        "`pseudonymize` rewrite each memory with findings as a new version (texts: "
-        "returned transformed, never stored). Needs write rights on the namespace.",
+        description="Queue a scan of `texts` (an upload) or of the plaintext memories of `namespace` (all, "
+        "or `memories`) for personal data (names and places included) and secrets. Answers 202 with the "
+        "stored report, `status` `pending` until the worker has scanned (then `done` or `failed`): "
+        "fetch it from `/pii/reports/{id}`. `redact` and `pseudonymize` rewrite each memory with "
+        "findings as a new version (texts: the transformed texts come with the finished report). "
+        "Needs write rights on the namespace.",
     )
     def post(self, request: Request) -> Response:
         d = validated(self.Input, request.data)
-        result = pii.pii_scan(
+        report = pii.pii_scan(
             actor=Subject.from_request(request),
             namespace_key=d["namespace"],
             mode=d["mode"],
@@ -361,10 +371,7 @@ class PiiScanApi(APIView):
             threshold=d.get("threshold"),
             min_score=d.get("min_score"),
         )
-        view = pii.pii_report_view(result.report)
-        data = dict(self.Output(view).data)
-        data["texts"] = result.texts
-        return Response(data, status=status.HTTP_201_CREATED)
+        return Response(PiiReportOutput(pii.pii_report_view(report)).data, status=status.HTTP_202_ACCEPTED)
 
 
 class PiiReportListApi(APIView):
@@ -426,6 +433,8 @@ class PiiResolveApi(APIView):
 
 
 class PiiGateApi(APIView):
+    throttle_classes = throttles("pii_scan")
+
     @extend_schema_serializer(component_name="PiiGateInput")
     class Input(StrictSerializer):
         namespace = serializers.CharField(max_length=160)
@@ -438,15 +447,18 @@ class PiiGateApi(APIView):
         request=Input,
         responses={
             200: PiiReportOutput,
+            202: PiiReportOutput,
             409: OpenApiResponse(
                 description="`pii_unresolved`: findings block publishing; "
-                "`extra.report` names the stored report."
+                "`extra.report` names the stored report. `pii_scan_failed`: the scan failed."
             ),
         },
         tags=["governance"],
-        description="The publish gate, as the marketplace applies it: scans the memories to publish "
-        "as they are now, stores the report, and answers 409 while findings at or above "
-        "the threshold are unresolved.",
+        description="The publish gate, as the marketplace applies it, over the memories to publish as "
+        "they are now: from completed scans of the same texts it stores the gate's report and answers "
+        "200, or 409 while findings at or above the threshold are unresolved; memories not scanned yet "
+        "are queued for the worker and it answers 202 with that scan's pending report (ask again when "
+        "it is done).",
     )
     def post(self, request: Request) -> Response:
         d = validated(self.Input, request.data)
@@ -456,6 +468,8 @@ class PiiGateApi(APIView):
             memory_ids=d.get("memories"),
             threshold=d.get("threshold"),
         )
+        if view.status == "pending":
+            return Response(PiiReportOutput(view).data, status=status.HTTP_202_ACCEPTED)
         if not view.ok:
             pii.pii_publish_gate_refusal(view)
         return Response(PiiReportOutput(view).data)
@@ -465,6 +479,8 @@ class PiiGateApi(APIView):
 
 
 class WatermarkDetectApi(APIView):
+    throttle_classes = throttles("watermark_detect")
+
     @extend_schema_serializer(component_name="WatermarkDetectInput")
     class Input(StrictSerializer):
         text = StrictCharField(trim_whitespace=False, max_length=watermarking.MAX_LEAK_CHARS)

@@ -23,17 +23,8 @@ from django.utils import timezone
 from core.errors import ApplicationError, Conflict, NotFound
 from governance.audit import audit_record
 from governance.policy import Action, Subject, authorize, authorize_memory
-from vault.models import (
-    LIVE_STATES,
-    IndexOp,
-    MemCube,
-    MemCubeVersion,
-    MemoryKind,
-    MemoryState,
-    Sensitivity,
-    VersionOperation,
-)
-from vault.services import _build_cube, _snapshot, index_enqueue, memory_lock, memory_version_write
+from vault.models import LIVE_STATES, MemCube, MemoryKind, MemoryState, Sensitivity, VersionOperation
+from vault.services import memory_frozen_set, memory_lock, memory_merge_write, memory_state_set
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +50,6 @@ SENSITIVITY_ORDER: list[str] = [
 
 def archive_after_days() -> int:
     return int(getattr(settings, "MEMHUB_ARCHIVE_AFTER_DAYS", 90))
-
-
-def _index_op(state: str) -> str:
-    return IndexOp.UPSERT if state in LIVE_STATES else IndexOp.DELETE
-
-
-def _set_state(cube: MemCube, *, actor: Subject, target: str, operation: str, reason: str) -> None:
-    cube.state = target
-    if target != S.MERGED:
-        cube.merged_into = None
-    memory_version_write(cube, actor=actor, operation=operation, reason=reason)
-    index_enqueue([cube.id], _index_op(target))
 
 
 @transaction.atomic
@@ -110,8 +89,7 @@ def memory_transition(
                 f"Memory is already {'frozen' if want else 'not frozen'}.", code="invalid_transition"
             )
         # Freezing is a governance flag, not content: no new version, but audited.
-        cube.frozen = want
-        cube.save(update_fields=["frozen", "updated_at"])
+        memory_frozen_set(cube=cube, frozen=want)
     else:
         if cube.frozen:
             raise Conflict("Memory is frozen; unfreeze it before changing it.", code="frozen")
@@ -122,16 +100,22 @@ def memory_transition(
                 code="invalid_transition",
                 extra={"state": cube.state, "allowed_from": sorted(sources)},
             )
+        new_expiry: Any = cube.expires_at
         if (
             action == "restore"
             and cube.state == S.EXPIRED
             and (cube.expires_at is None or cube.expires_at <= now)
         ):
-            cube.expires_at = expires_at
+            new_expiry = expires_at
         elif action == "restore" and expires_at is not None:
-            cube.expires_at = expires_at
-        _set_state(
-            cube, actor=actor, target=target, operation=VersionOperation.LIFECYCLE, reason=reason or action
+            new_expiry = expires_at
+        memory_state_set(
+            actor=actor,
+            cube=cube,
+            state=target,
+            operation=VersionOperation.LIFECYCLE,
+            reason=reason or action,
+            expires_at=new_expiry,
         )
     audit_record(
         actor=actor,
@@ -225,33 +209,13 @@ def memory_merge(
         "licence": next(iter(licences), ""),
         "expires_at": min(expiries) if expiries else None,
     }
-    merged = _build_cube(actor=actor, namespace=namespace, data=item)
-    if not actor.is_user:
-        merged.owner = cubes[0].owner
-    merged.state = S.ACTIVATED
-    merged.save()
-    MemCubeVersion.objects.bulk_create(
-        [
-            _snapshot(
-                merged,
-                operation=VersionOperation.MERGE,
-                actor=actor,
-                parent=None,
-                reason=reason or f"merge of {len(ids)} memories",
-            )
-        ]
+    merged = memory_merge_write(
+        actor=actor,
+        namespace=namespace,
+        sources=cubes,
+        data=item,
+        reason=reason or f"merge of {len(ids)} memories",
     )
-    index_enqueue([merged.id], IndexOp.UPSERT)
-    for cube in cubes:
-        cube.merged_into = merged
-        _set_state(
-            cube,
-            actor=actor,
-            target=S.MERGED,
-            operation=VersionOperation.MERGE,
-            reason=f"merged into {merged.id}",
-        )
-        cube.save(update_fields=["merged_into"])
     audit_record(
         actor=actor,
         operation="memory.merge",
@@ -284,8 +248,8 @@ def _sweep(*, ids: list[Any], target: str, still_due: Any, label: str, details: 
             for cube in rows:
                 if cube.frozen or not still_due(cube):
                     continue  # changed since it was selected (restored, frozen, touched): leave it
-                _set_state(
-                    cube, actor=actor, target=target, operation=VersionOperation.LIFECYCLE, reason=label
+                memory_state_set(
+                    actor=actor, cube=cube, state=target, operation=VersionOperation.LIFECYCLE, reason=label
                 )
                 by_ns.setdefault(cube.namespace, []).append(cube)
             for ns, cubes in by_ns.items():

@@ -10,7 +10,15 @@ from django.db import models
 
 
 class AuditEvent(models.Model):
-    seq = models.BigIntegerField(unique=True)  # position in the chain, 1-based, no gaps
+    """One entry of the audit log. The log is many hash chains, one per namespace (plus one per user for
+    entries that name no namespace, and one for the system), so writers to different namespaces never
+    wait for each other; `AuditAnchor` ties all the chains' heads together from time to time."""
+
+    # Position in the whole log, assigned by the database without a lock: it orders entries across
+    # chains (the audit API, the live-activity cursor). Gaps are possible (an aborted write uses one up).
+    seq = models.BigAutoField(primary_key=True)
+    chain = models.CharField(max_length=80)  # ns/<namespace id>, user/<user id>, system; legacy: pre-chains
+    chain_seq = models.BigIntegerField()  # position in its chain, 1-based, no gaps: what the hashes cover
     at = models.DateTimeField()
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -31,22 +39,50 @@ class AuditEvent(models.Model):
     hash = models.CharField(max_length=64)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "chain_seq"], name="audit_chain_position")]
         indexes = [models.Index(fields=["at"], name="audit_at")]
         ordering = ["seq"]
 
     def __str__(self) -> str:
-        return f"audit #{self.seq} {self.operation}"
+        return f"audit #{self.seq} ({self.chain} #{self.chain_seq}) {self.operation}"
 
 
 class AuditChainHead(models.Model):
-    """One row, locked while appending, so concurrent writers extend the chain one at a time."""
+    """The last entry of one chain. Writers to a chain lock its head row (and only its own), so the
+    chain grows one entry at a time while other chains grow beside it."""
 
-    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    chain = models.CharField(max_length=80, primary_key=True)
     seq = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64, default="0" * 64)
 
     def __str__(self) -> str:
-        return f"audit head #{self.seq}"
+        return f"audit head {self.chain} #{self.seq}"
+
+
+class AuditAnchor(models.Model):
+    """A signed statement of every chain's head at one moment (like a Certificate Transparency signed
+    tree head): `root` is the Merkle root over `heads`, signed with the instance's Ed25519 key, and each
+    anchor names the digest of the one before it. Truncating or rewriting a chain behind an anchor, or
+    deleting a chain outright, no longer matches it."""
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField()
+    chains = models.PositiveIntegerField()
+    entries = models.BigIntegerField()  # sum of the heads' seqs
+    heads = models.JSONField(default=list)  # [[chain, seq, hash], ...] sorted by chain
+    root = models.CharField(max_length=64)
+    # Digest of the previous anchor ("" for the first); unique, so two anchors can never fork the line.
+    prev_digest = models.CharField(max_length=64, blank=True, unique=True)
+    digest = models.CharField(max_length=64, unique=True)  # SHA-256 of the signed statement
+    key_id = models.CharField(max_length=64)
+    public_key = models.CharField(max_length=64)  # raw Ed25519 public key, base64url
+    signature = models.CharField(max_length=128)  # Ed25519 over the signed statement, base64url
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"audit anchor #{self.id} ({self.chains} chains, {self.entries} entries)"
 
 
 class Snapshot(models.Model):

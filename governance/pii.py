@@ -1,6 +1,10 @@
 """De-identification on the platform: stored PII reports, redaction and pseudonymisation as new memory
 versions, a publisher's explicit acceptance of a finding, and the publish gate.
 
+Scanning loads spaCy, Presidio and the NER model, so it runs in the Celery worker, never in the web
+process: a scan request stores a `pending` report and queues `governance.tasks.pii_scan_run`; the
+worker fills the report in. The gate reuses completed scans of the same texts and queues the rest.
+
 The algorithms live in `governance.deid` (plain Python); this module gives them tenancy, storage,
 versioning and audit. A memory finding's id names the memory, the hash of the text it was found in, its
 span and its type, so an acceptance stays valid exactly as long as that text does.
@@ -8,6 +12,7 @@ span and its type, so an acceptance stays valid exactly as long as that text doe
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,10 +26,12 @@ from accounts.models import Namespace
 from core.errors import ApplicationError, Conflict, NotFound
 from governance import deid
 from governance.audit import audit_record
+from governance.deid import ner as deid_ner
+from governance.deid.report import REPORT_VERSION
 from governance.models import PiiAcceptance, PiiScanReport, PseudonymKey
-from governance.policy import Action, Subject, authorize
-from vault.models import IndexOp, MemCube, MemoryKind, MemoryState, VersionOperation
-from vault.services import index_enqueue, memory_version_write
+from governance.policy import Action, Context, Subject, SubjectKind, authorize
+from vault.models import MemCube, MemoryKind, MemoryState
+from vault.services import memory_rewrite
 
 SCAN_MODES = tuple(m.value for m in deid.Mode)
 RESOLVE_ACTIONS = ("accept", "redact", "pseudonymize")
@@ -32,6 +39,7 @@ MAX_TEXTS = 1000
 MAX_MEMORIES = 10_000
 MAX_TOTAL_CHARS = 5_000_000
 GATE_FINDINGS_SHOWN = 20
+REPORTS_REUSED = 200  # the newest completed reports of a namespace the gate looks through
 
 
 def blocking_threshold() -> float:
@@ -103,17 +111,81 @@ def _report_dict(rep: deid.PiiReport, subjects: list[dict[str, Any]] | None) -> 
     return data
 
 
-def _rewrite(*, actor: Subject, cube: MemCube, text: str, reason: str) -> int:
-    cube.text = text
-    memory_version_write(cube, actor=actor, operation=VersionOperation.OVERWRITE, reason=reason[:300])
-    index_enqueue([cube.id], IndexOp.UPSERT)
-    return cube.version
+def _rewrite(*, actor: Subject, cube: MemCube, text: str, reason: str, found: Sequence[deid.Finding]) -> int:
+    """A de-identified version, written by the vault. The values found are erased from every earlier
+    version too: a redaction that left the original in history would redact nothing."""
+    erase = [cube.text[f.start : f.end] for f in found]
+    return memory_rewrite(actor=actor, cube=cube, text=text, reason=reason, erase=erase)
 
 
-@dataclass
-class PiiScanResult:
-    report: PiiScanReport
-    texts: list[str] | None = None  # transformed texts of a text scan in redact / pseudonymize mode
+@dataclass(frozen=True)
+class _Stored:
+    """What a pending report keeps until the worker has scanned it."""
+
+    report: dict[str, Any]
+    subjects: list[dict[str, Any]]
+
+
+def detector_fingerprint() -> dict[str, Any]:
+    """What produces findings here, read without loading a model: the gate reuses only reports made by
+    the same detector (a report from before NER was configured says nothing about names)."""
+    setting = deid.ner_setting()
+    return {
+        "report_version": REPORT_VERSION,
+        "ner": setting,
+        "ner_model": deid_ner.model_version() if setting == deid.DEFAULT_NER else None,
+    }
+
+
+def _actor_record(actor: Subject) -> dict[str, Any]:
+    """Enough of the caller to act as them in the worker: user (the report's `created_by`), kind,
+    scopes, token and stated purpose, so a token's limits hold for the work done on its behalf."""
+    return {
+        "kind": str(actor.kind),
+        "system_label": actor.system_label,
+        "scopes": sorted(actor.scopes),
+        "token_id": str(actor.token_id) if actor.token_id is not None else None,
+        "context": dataclasses.asdict(actor.context),
+    }
+
+
+def _actor_from(report: PiiScanReport) -> Subject:
+    rec = report.report.get("actor") or {}
+    context_fields = {f.name for f in dataclasses.fields(Context)}
+    return Subject(
+        user=report.created_by,
+        kind=SubjectKind(rec.get("kind", SubjectKind.USER)),
+        system_label=rec.get("system_label", ""),
+        scopes=frozenset(rec.get("scopes", ())),
+        token_id=rec.get("token_id"),
+        context=Context(**{k: v for k, v in (rec.get("context") or {}).items() if k in context_fields}),
+    )
+
+
+def _pending(actor: Subject, **extra: Any) -> dict[str, Any]:
+    return {
+        "status": "pending",
+        "texts_scanned": 0,
+        "total": 0,
+        "counts": {},
+        "max_score": {},
+        "findings": [],
+        "actor": _actor_record(actor),
+        **extra,
+    }
+
+
+def _enqueue_scan(report_id: Any) -> None:
+    """Hand the scan to the worker once the report row is committed. Under an eager Celery (tests, a
+    one-process setup that asks for it) the task runs here and now instead, so that the caller's own
+    transaction sees the finished report: eager means in this process by definition, and at commit
+    would be too late for the caller that is waiting on the answer."""
+    from governance.tasks import pii_scan_run
+
+    if pii_scan_run.app.conf.task_always_eager:
+        pii_scan_run.delay(str(report_id))
+    else:
+        transaction.on_commit(lambda: pii_scan_run.delay(str(report_id)))
 
 
 @transaction.atomic
@@ -126,12 +198,14 @@ def pii_scan(
     memory_ids: Sequence[Any] | None = None,
     threshold: float | None = None,
     min_score: float | None = None,
-) -> PiiScanResult:
-    """Scan given texts (an upload) or the plaintext memories of a namespace, store the report.
+) -> PiiScanReport:
+    """Queue a scan of given texts (an upload) or of the plaintext memories of a namespace; the worker
+    fills the stored report in (`status`: pending, then done or failed).
 
-    `redact` / `pseudonymize` on memories write a new version of each memory with findings (frozen ones
-    refuse: 409, nothing written); on texts they return the transformed texts (texts are never stored).
-    """
+    Input is checked here (4xx, nothing written). `redact` / `pseudonymize` on memories write a new
+    version of each memory with findings; frozen memories refuse (409, nothing written). Texts are held
+    in the report only until the worker has scanned them; in redact / pseudonymize mode the transformed
+    texts are kept with the report for the caller to fetch."""
     if mode not in SCAN_MODES:
         raise ApplicationError(f"Unknown mode '{mode}'; expected one of {', '.join(SCAN_MODES)}.")
     threshold = _unit("threshold", threshold, blocking_threshold())
@@ -139,8 +213,6 @@ def pii_scan(
     if texts is not None and memory_ids is not None:
         raise ApplicationError("Give 'texts' or 'memories', not both.")
     ns = _namespace(actor=actor, key=namespace_key, action=Action.WRITE)
-    subjects: list[dict[str, Any]] | None = None
-    cubes: list[MemCube] = []
     if texts is not None:
         if not texts:
             raise ApplicationError("'texts' must hold at least one text.")
@@ -148,14 +220,102 @@ def pii_scan(
             raise ApplicationError(f"At most {MAX_TEXTS} texts per scan.", code="too_large")
         if sum(len(t) for t in texts) > MAX_TOTAL_CHARS:
             raise ApplicationError(f"At most {MAX_TOTAL_CHARS} characters per scan.", code="too_large")
-        scanned = list(texts)
+        stored = _Stored(_pending(actor, input_texts=list(texts)), [])
     else:
-        cubes = _memories(namespace=ns, memory_ids=memory_ids, lock=mode != "report")
+        cubes = _memories(namespace=ns, memory_ids=memory_ids, lock=False)
+        if mode != "report":
+            frozen = [str(c.id) for c in cubes if c.frozen]
+            if frozen:
+                raise Conflict(
+                    "Frozen memories cannot be rewritten; unfreeze them or leave them out of 'memories'. "
+                    "Nothing was changed.",
+                    code="frozen",
+                    extra={"ids": frozen[:20]},
+                )
+        stored = _Stored(_pending(actor), [{"memory_id": str(c.id)} for c in cubes])
+    report = PiiScanReport.objects.create(
+        namespace=ns,
+        created_by=actor.user if actor.is_user else None,
+        source=PiiScanReport.Source.TEXTS if texts is not None else PiiScanReport.Source.MEMORIES,
+        mode=mode,
+        threshold=threshold,
+        min_score=min_score,
+        report=stored.report,
+        subjects=stored.subjects,
+    )
+    _enqueue_scan(report.pk)
+    report.refresh_from_db()
+    return report
+
+
+def pii_scan_inline(**kwargs: Any) -> PiiScanReport:
+    """`pii_scan`, run to completion in this process: for management commands and the worker, never the
+    web process (it loads the NER). The queued task, if any, finds the report done and leaves it."""
+    report = pii_scan(**kwargs)
+    if report.report.get("status") == "pending":
+        pii_scan_execute(report_id=report.pk)
+        report.refresh_from_db()
+    return report
+
+
+def pii_scan_execute(*, report_id: Any) -> str:
+    """The worker's half of a scan (idempotent: a report that is no longer pending is left alone).
+    Returns the report's status. A refusal (rights withdrawn, a memory frozen meanwhile) marks the report
+    failed and writes nothing else; an unexpected error marks it failed and is raised for the logs."""
+    try:
+        return _scan_run(report_id)
+    except ApplicationError as exc:
+        _scan_fail(report_id, code=exc.code, message=exc.message, extra=exc.extra)
+        return "failed"
+    except Exception as exc:
+        _scan_fail(report_id, code="scan_error", message=f"The scan failed ({type(exc).__name__}).")
+        raise
+
+
+@transaction.atomic
+def _scan_fail(report_id: Any, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    report = PiiScanReport.objects.select_for_update().filter(pk=report_id).first()
+    if report is None or report.report.get("status") != "pending":
+        return
+    data = {k: v for k, v in report.report.items() if k != "input_texts"}
+    data.update(status="failed", error={"code": code, "message": message, "extra": extra or {}})
+    report.report = data
+    report.save(update_fields=["report"])
+
+
+@transaction.atomic
+def _scan_run(report_id: Any) -> str:
+    report = (
+        PiiScanReport.objects.select_for_update(of=("self",))
+        .select_related("namespace", "created_by")
+        .filter(pk=report_id)
+        .first()
+    )
+    if report is None or report.report.get("status") != "pending":
+        return "missing" if report is None else str(report.report.get("status", "done"))
+    actor = _actor_from(report)
+    ns = report.namespace
+    mode = report.mode
+    authorize(subject=actor, action=Action.WRITE, namespace=ns)  # rights may have gone since the request
+    subjects: list[dict[str, Any]] | None = None
+    cubes: list[MemCube] = []
+    from_texts = report.source == PiiScanReport.Source.TEXTS
+    if from_texts:
+        scanned = [str(t) for t in report.report.get("input_texts", [])]
+    else:
+        wanted = [s["memory_id"] for s in report.subjects]
+        qs = MemCube.objects.filter(namespace=ns, kind=MemoryKind.PLAINTEXT, pk__in=wanted).exclude(
+            state=MemoryState.DELETED
+        )
+        if mode != "report":
+            qs = qs.select_for_update(of=("self",))
+        found_cubes = {str(c.id): c for c in qs}
+        cubes = [found_cubes[i] for i in wanted if i in found_cubes]  # deleted since the request: skipped
         scanned = [c.text for c in cubes]
         subjects = [
             {"memory_id": str(c.id), "version": c.version, "content_sha256": c.content_sha256} for c in cubes
         ]
-    rep = deid.report(scanned, min_score=min_score)
+    rep = deid.report(scanned, min_score=report.min_score)
     data = _report_dict(rep, subjects)
     by_text: dict[int, list[deid.Finding]] = {}
     for f in rep.findings:
@@ -166,7 +326,7 @@ def pii_scan(
     out_texts: list[str] | None = None
     if mode != "report":
         pseudo_row, pseudonymizer = _pseudonymizer(ns) if mode == "pseudonymize" else (None, None)
-        if texts is not None:
+        if from_texts:
             out_texts = [
                 deid.apply(t, mode, pseudonymizer=pseudonymizer, findings=by_text.get(i, []))[0]
                 for i, t in enumerate(scanned)
@@ -182,28 +342,23 @@ def pii_scan(
             for i, found in sorted(by_text.items()):
                 new_text = deid.apply(scanned[i], mode, pseudonymizer=pseudonymizer, findings=found)[0]
                 applied[str(cubes[i].id)] = _rewrite(
-                    actor=actor, cube=cubes[i], text=new_text, reason=f"pii {mode}"
+                    actor=actor, cube=cubes[i], text=new_text, reason=f"pii {mode}", found=found
                 )
         if pseudo_row is not None and pseudonymizer is not None:
             pseudo_row.state = pseudonymizer.state()
             pseudo_row.save(update_fields=["state", "updated_at"])
-    rewritten = [f["id"] for f in data["findings"] if f.get("memory_id") in applied]
-    report = PiiScanReport.objects.create(
-        namespace=ns,
-        created_by=actor.user if actor.is_user else None,
-        source=PiiScanReport.Source.TEXTS if texts is not None else PiiScanReport.Source.MEMORIES,
-        mode=mode,
-        threshold=threshold,
-        min_score=min_score,
-        report=data,
-        subjects=subjects or [],
-        applied=applied,
-        resolved=rewritten,
-    )
+    data.update(status="done", detector=detector_fingerprint(), actor=report.report.get("actor"))
+    if out_texts is not None:
+        data["texts"] = out_texts
+    report.report = data
+    report.subjects = subjects or []
+    report.applied = applied
+    report.resolved = [f["id"] for f in data["findings"] if f.get("memory_id") in applied]
+    report.save(update_fields=["report", "subjects", "applied", "resolved"])
     view = pii_report_view(report)
     audit_record(
         actor=actor,
-        operation="pii.scan",
+        operation="pii.gate.scan" if report.source == PiiScanReport.Source.GATE else "pii.scan",
         namespace=ns,
         object_type="pii_report",
         object_ids=[str(report.id), *applied.keys()],
@@ -217,7 +372,7 @@ def pii_scan(
             "rewritten": len(applied),
         },
     )
-    return PiiScanResult(report, out_texts)
+    return "done"
 
 
 # --- reading reports ----------------------------------------------------------------------------------
@@ -230,8 +385,14 @@ class PiiReportView:
     blocking: int = 0
 
     @property
+    def status(self) -> str:
+        """pending (queued for the worker), done or failed; reports from before scans ran in the worker
+        were done when stored."""
+        return str(self.report.report.get("status", "done"))
+
+    @property
     def ok(self) -> bool:
-        return self.blocking == 0
+        return self.status == "done" and self.blocking == 0
 
 
 def pii_report_view(report: PiiScanReport) -> PiiReportView:
@@ -382,7 +543,9 @@ def pii_resolve(
         for mid, found in by_memory.items():
             cube = cubes[mid]
             new_text = deid.apply(cube.text, action, pseudonymizer=pseudonymizer, findings=found)[0]
-            applied[mid] = _rewrite(actor=actor, cube=cube, text=new_text, reason=f"pii {action}")
+            applied[mid] = _rewrite(
+                actor=actor, cube=cube, text=new_text, reason=f"pii {action}", found=found
+            )
         if pseudo_row is not None and pseudonymizer is not None:
             pseudo_row.state = pseudonymizer.state()
             pseudo_row.save(update_fields=["state", "updated_at"])
@@ -403,6 +566,38 @@ def pii_resolve(
 # --- the publish gate ---------------------------------------------------------------------------------
 
 
+def _scanned_findings(*, namespace: Namespace, cubes: Sequence[MemCube]) -> dict[str, list[dict[str, Any]]]:
+    """Findings of completed scans that cover a memory's current text: memory id -> its findings at or
+    above the gate's minimum score. Memories absent from the result need a scan."""
+    want = {str(c.id): c.content_sha256 for c in cubes}
+    detector = detector_fingerprint()
+    out: dict[str, list[dict[str, Any]]] = {}
+    reports = PiiScanReport.objects.filter(
+        namespace=namespace,
+        source__in=[PiiScanReport.Source.MEMORIES, PiiScanReport.Source.GATE],
+        min_score__lte=deid.DEFAULT_MIN_SCORE,
+    ).order_by("-created_at", "-id")[:REPORTS_REUSED]
+    for r in reports:
+        data = r.report
+        if data.get("status") != "done" or data.get("detector") != detector:
+            continue
+        covered = {
+            s["memory_id"]
+            for s in r.subjects
+            if s["memory_id"] not in out and want.get(s["memory_id"]) == s.get("content_sha256")
+        }
+        if not covered:
+            continue
+        for mid in covered:
+            out[mid] = []
+        for f in data.get("findings", []):
+            if f.get("memory_id") in covered and f["score"] >= deid.DEFAULT_MIN_SCORE:
+                out[f["memory_id"]].append(f)
+        if len(out) == len(want):
+            break
+    return out
+
+
 @transaction.atomic
 def pii_gate_check(
     *,
@@ -411,16 +606,45 @@ def pii_gate_check(
     memory_ids: Sequence[Any] | None = None,
     threshold: float | None = None,
 ) -> PiiReportView:
-    """Scan the memories about to be published (all plaintext memories of the namespace, or the given
-    ones) as they are now and store the report (source `gate`). Findings the publisher accepted for the
-    same text stay accepted; the view's `blocking` counts what is left at or above the threshold."""
+    """The gate over the memories about to be published (all plaintext memories of the namespace, or the
+    given ones) as they are now. The web process scans nothing: findings come from completed scans of
+    the same texts by the same detector; memories without one are queued for the worker and the view
+    returned is that scan's, `pending` until it is done (publish again then). With every memory
+    covered, the gate stores its report (source `gate`) and the view's `blocking` counts the findings at
+    or above the threshold that the publisher has not accepted for the same text."""
     threshold = _unit("threshold", threshold, blocking_threshold())
     ns = _namespace(actor=actor, key=namespace_key, action=Action.WRITE)
     cubes = _memories(namespace=ns, memory_ids=memory_ids, lock=False)
+    known = _scanned_findings(namespace=ns, cubes=cubes)
+    missing = [c for c in cubes if str(c.id) not in known]
+    if missing:
+        scan = PiiScanReport.objects.create(
+            namespace=ns,
+            created_by=actor.user if actor.is_user else None,
+            source=PiiScanReport.Source.GATE,
+            mode="report",
+            threshold=threshold,
+            min_score=deid.DEFAULT_MIN_SCORE,
+            report=_pending(actor),
+            subjects=[{"memory_id": str(c.id)} for c in missing],
+        )
+        _enqueue_scan(scan.pk)
+        known = _scanned_findings(namespace=ns, cubes=cubes)
+        if any(str(c.id) not in known for c in cubes):
+            scan.refresh_from_db()
+            return pii_report_view(scan)
     subjects = [
         {"memory_id": str(c.id), "version": c.version, "content_sha256": c.content_sha256} for c in cubes
     ]
-    rep = deid.report([c.text for c in cubes], min_score=deid.DEFAULT_MIN_SCORE)
+    findings: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    max_score: dict[str, float] = {}
+    for index, cube in enumerate(cubes):
+        for f in known[str(cube.id)]:
+            entry = {k: v for k, v in f.items() if k != "status"} | {"text_index": index}
+            findings.append(entry)
+            counts[entry["type"]] = counts.get(entry["type"], 0) + 1
+            max_score[entry["type"]] = max(max_score.get(entry["type"], 0.0), float(entry["score"]))
     report = PiiScanReport.objects.create(
         namespace=ns,
         created_by=actor.user if actor.is_user else None,
@@ -428,7 +652,18 @@ def pii_gate_check(
         mode="report",
         threshold=threshold,
         min_score=deid.DEFAULT_MIN_SCORE,
-        report=_report_dict(rep, subjects),
+        report={
+            "version": REPORT_VERSION,
+            "status": "done",
+            "texts_scanned": len(cubes),
+            "min_score": deid.DEFAULT_MIN_SCORE,
+            "total": len(findings),
+            "counts": dict(sorted(counts.items())),
+            "max_score": dict(sorted(max_score.items())),
+            "findings": findings,
+            "detector": detector_fingerprint(),
+            "actor": _actor_record(actor),
+        },
         subjects=subjects,
     )
     view = pii_report_view(report)
@@ -440,7 +675,7 @@ def pii_gate_check(
         object_ids=[str(report.id)],
         details={
             "memories": len(cubes),
-            "findings": rep.total,
+            "findings": len(findings),
             "blocking": view.blocking,
             "passed": view.ok,
             "threshold": threshold,
@@ -458,8 +693,9 @@ def pii_publish_gate(
 ) -> PiiReportView:
     """For the marketplace's publish path: returns the gate's view when nothing blocks, raises 409
     `pii_unresolved` (naming the stored report and the first findings) while findings at or above the
-    threshold remain unresolved. Call it before opening the publish transaction: a refusal raised inside
-    that transaction rolls the stored gate report back with it."""
+    threshold remain unresolved, `pii_scan_pending` while the worker is still scanning (publish again
+    when the named report is done) and `pii_scan_failed` when that scan failed. Call it before opening
+    the publish transaction: a refusal raised inside that transaction rolls the stored report back."""
     view = pii_gate_check(
         actor=actor, namespace_key=namespace_key, memory_ids=memory_ids, threshold=threshold
     )
@@ -469,7 +705,21 @@ def pii_publish_gate(
 
 
 def pii_publish_gate_refusal(view: PiiReportView) -> None:
-    """Raise the gate's 409 for a view with blocking findings."""
+    """Raise the gate's 409 for a view that does not let publishing through."""
+    if view.status == "pending":
+        raise Conflict(
+            f"The memories are being scanned for personal data (report {view.report.id}); publish again "
+            "when the report is done.",
+            code="pii_scan_pending",
+            extra={"report": str(view.report.id)},
+        )
+    if view.status == "failed":
+        error = view.report.report.get("error") or {}
+        raise Conflict(
+            f"The personal-data scan failed: {error.get('message', 'unknown error')} Scan again.",
+            code="pii_scan_failed",
+            extra={"report": str(view.report.id), "error": error},
+        )
     blocking = [f for f in view.findings if f["status"] == "open" and f["score"] >= view.report.threshold]
     raise Conflict(
         f"Publishing is refused: {view.blocking} personal-data finding(s) at or above "

@@ -25,8 +25,10 @@ from typing import Any
 
 from django.db.models import Q
 
-from accounts.models import ALL_SCOPES, Membership, Namespace, NamespaceKind, Role
+from accounts.models import ALL_SCOPES, Membership, Namespace, NamespaceJoin, NamespaceKind, Role
+from accounts.scopes import missing_scope_error, request_scopes
 from core.errors import NotFound, PermissionDenied
+from core.exceptions import deny_target
 
 
 class Action(enum.StrEnum):
@@ -97,7 +99,8 @@ class RemoteGrant:
 
 @dataclass
 class Subject:
-    """Who is asking. A user's scopes come from the API token used (None: a session, all scopes)."""
+    """Who is asking. A user's scopes come from the API token used (no token: a session, all scopes;
+    a token with an empty scope list: no scopes)."""
 
     user: Any = None
     scopes: frozenset[str] = field(default_factory=lambda: frozenset(ALL_SCOPES))
@@ -111,11 +114,7 @@ class Subject:
     @classmethod
     def from_request(cls, request: Any, *, operation: str = "") -> Subject:
         token = getattr(request, "auth", None)
-        scopes = (
-            frozenset(getattr(token, "scopes", None) or ALL_SCOPES)
-            if token is not None
-            else frozenset(ALL_SCOPES)
-        )
+        scopes = request_scopes(request)  # a token's own scopes (empty: none), a session's all
         headers = getattr(request, "headers", {}) or {}
         purpose = str(headers.get("X-MemHub-Purpose", "") or "")[:MAX_PURPOSE_CHARS]
         return cls(
@@ -164,8 +163,24 @@ class Subject:
             return {}
         return dict(Membership.objects.filter(user=self.user).values_list("organization_id", "role"))
 
+    @cached_property
+    def joined_namespace_ids(self) -> frozenset[Any]:
+        """The `shared:` namespaces of others this user chose to read (accounts.NamespaceJoin)."""
+        if not self.is_user:
+            return frozenset()
+        return frozenset(
+            NamespaceJoin.objects.filter(user=self.user, namespace__kind=NamespaceKind.SHARED).values_list(
+                "namespace_id", flat=True
+            )
+        )
+
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+    def require_scope(self, scope: str) -> None:
+        """Raise 403 naming the scope unless the caller's credentials hold it."""
+        if not self.has_scope(scope):
+            raise missing_scope_error(scope)
 
     def grant_for(self, namespace_id: Any) -> RemoteGrant | None:
         return next((g for g in self.remote_grants if str(g.namespace_id) == str(namespace_id)), None)
@@ -215,7 +230,8 @@ def namespace_actions(subject: Subject, ns: Namespace) -> set[Action]:
     if ns.kind == NamespaceKind.INSTALLATION:
         # An installed pack is the publisher's release: its holders read it, nobody edits it in place.
         actions.discard(Action.WRITE)
-    if ns.kind == NamespaceKind.SHARED:
+    if ns.kind == NamespaceKind.SHARED and ns.pk in subject.joined_namespace_ids:
+        # Anyone can create a shared namespace: others read it only once they join it (never by default).
         actions.add(Action.READ)
     return {a for a in actions if subject.has_scope(SCOPE_FOR_ACTION[a])}
 
@@ -271,13 +287,16 @@ def authorize(
     actions = namespace_actions(subject, namespace)
     if action in actions:
         return decide(subject=subject, action=action, namespace=namespace, context=context)
-    raise _denied_error(
-        subject,
-        action,
-        actions,
-        kind="in namespace",
-        what=f"Namespace '{namespace.key}'",
-        installation=namespace.kind == NamespaceKind.INSTALLATION,
+    raise deny_target(
+        _denied_error(
+            subject,
+            action,
+            actions,
+            kind="in namespace",
+            what=f"Namespace '{namespace.key}'",
+            installation=namespace.kind == NamespaceKind.INSTALLATION,
+        ),
+        namespace=namespace,
     )
 
 
@@ -302,13 +321,20 @@ def acl_actions(subject: Subject, acl: Iterable[Mapping[str, Any]]) -> set[Actio
 
 
 def memory_actions(subject: Subject, cube: Any) -> tuple[set[Action], set[Action]]:
-    """(all actions on this memory, those that come only from its ACL)."""
+    """(all actions on this memory, those that come only from its ACL).
+
+    Nothing is allowed on a memory the subject cannot read: an update, deletion or lifecycle change
+    answers with the memory, so a token without `memories:read` would otherwise read through them."""
     ns = cube.namespace
     by_namespace = namespace_actions(subject, ns)
     if ns.kind == NamespaceKind.INSTALLATION:
-        return by_namespace, set()  # licensed content is never shared out by ACL
-    by_acl = {a for a in acl_actions(subject, cube.acl) if subject.has_scope(SCOPE_FOR_ACTION[a])}
-    return by_namespace | by_acl, by_acl - by_namespace
+        by_acl: set[Action] = set()  # licensed content is never shared out by ACL
+    else:
+        by_acl = {a for a in acl_actions(subject, cube.acl) if subject.has_scope(SCOPE_FOR_ACTION[a])}
+    actions = by_namespace | by_acl
+    if Action.READ not in actions:
+        return set(), set()
+    return actions, by_acl - by_namespace
 
 
 def decide_memory(*, subject: Subject, action: Action, cube: Any, context: Context | None = None) -> Decision:
@@ -338,13 +364,18 @@ def authorize_memory(
     actions, _ = memory_actions(subject, cube)
     if action in actions:
         return decide_memory(subject=subject, action=action, cube=cube, context=context)
-    raise _denied_error(
-        subject,
-        action,
-        actions,
-        kind="this memory",
-        what="Memory",
-        installation=cube.namespace.kind == NamespaceKind.INSTALLATION,
+    raise deny_target(
+        _denied_error(
+            subject,
+            action,
+            actions,
+            kind="this memory",
+            what="Memory",
+            installation=cube.namespace.kind == NamespaceKind.INSTALLATION,
+        ),
+        namespace=cube.namespace,
+        object_type="memory",
+        object_ids=[cube.pk],
     )
 
 
@@ -360,22 +391,29 @@ def readable_namespaces_q(subject: Subject, prefix: str = "") -> Q:
     if not subject.is_user or not subject.has_scope("memories:read"):
         return Q(pk__in=[])
     org_ids = list(subject.roles.keys())
+    # What the user owns (installations included), their organizations', and the shared namespaces
+    # they joined. Every other shared namespace stays out of their searches, lists and chats.
     return (
         Q(**{f"{prefix}owner_user": subject.user})
         | Q(**{f"{prefix}organization_id__in": org_ids})
-        | Q(**{f"{prefix}kind": NamespaceKind.SHARED})
+        | Q(**{f"{prefix}kind": NamespaceKind.SHARED, f"{prefix}pk__in": list(subject.joined_namespace_ids)})
     )
 
 
-def acl_grants_q(subject: Subject, *, permissions: Iterable[str] = tuple(AclPermission)) -> Q:
-    """A Q over MemCubeGrant rows that give the subject one of `permissions`."""
+def acl_grants_q(
+    subject: Subject, *, permissions: Iterable[str] = tuple(AclPermission), prefix: str = ""
+) -> Q:
+    """A Q over per-memory grant rows (or, with a prefix such as 'memories__grants__', over rows that
+    reach them) that give the subject one of `permissions`."""
     if not subject.is_user:
         return Q(pk__in=[])
     role_q = Q(pk__in=[])
     for org_id, role in subject.roles.items():
         covered = [r for r, rank in ROLE_RANK.items() if rank <= ROLE_RANK.get(role, -1)]
-        role_q |= Q(organization_id=org_id, role__in=covered)
-    return Q(permission__in=list(permissions)) & (Q(user=subject.user) | role_q)
+        role_q |= Q(**{f"{prefix}organization_id": org_id, f"{prefix}role__in": covered})
+    return Q(**{f"{prefix}permission__in": list(permissions)}) & (
+        Q(**{f"{prefix}user": subject.user}) | role_q
+    )
 
 
 def readable_memories_q(subject: Subject) -> Q:
@@ -383,12 +421,13 @@ def readable_memories_q(subject: Subject) -> Q:
     ns_q = readable_namespaces_q(subject, prefix="namespace__")
     if not subject.is_user or not subject.has_scope("memories:read"):
         return ns_q
-    from vault.models import MemCubeGrant  # the grant table lives with the memories it indexes
-
+    # The ids of memories granted to the subject, reached from Namespace through its reverse relations
+    # (memories -> grants) so the kernel names no vault model; as a subquery, so a memory with several
+    # matching grants is still one row.
     granted = (
-        MemCubeGrant.objects.filter(acl_grants_q(subject))
-        .exclude(cube__namespace__kind=NamespaceKind.INSTALLATION)
-        .values("cube_id")
+        Namespace.objects.exclude(kind=NamespaceKind.INSTALLATION)
+        .filter(acl_grants_q(subject, prefix="memories__grants__"))
+        .values("memories__pk")
     )
     return ns_q | Q(pk__in=granted)
 

@@ -17,12 +17,15 @@ from django.utils.timezone import is_naive, make_aware
 
 from accounts.models import Namespace
 from core.errors import ApplicationError, NotFound, PermissionDenied
+from core.exceptions import deny_target
 from governance.models import AuditEvent
 from governance.policy import Action, Subject, audit_visible_q, namespace_actions
 from vault.models import MemoryKind
 
 EXPORT_COLUMNS = (
     "seq",
+    "chain",
+    "chain_seq",
     "at",
     "actor",
     "operation",
@@ -107,10 +110,16 @@ def audit_list(*, actor: Subject, f: AuditFilter, ascending: bool = False) -> Qu
     if f.namespace:
         ns = Namespace.objects.filter(key=f.namespace).first()
         actions = namespace_actions(actor, ns) if ns else set()
-        if ns is None or Action.READ not in actions:
+        if ns is None:
             raise NotFound(f"Namespace '{f.namespace}' not found.")
+        if Action.READ not in actions:
+            # The owners see who tried to read their log; the caller sees the same 404 as for no namespace.
+            raise deny_target(NotFound(f"Namespace '{f.namespace}' not found."), namespace=ns)
         if Action.ADMIN not in actions:
-            raise PermissionDenied(f"Only the owners and admins of '{f.namespace}' see its audit log.")
+            raise deny_target(
+                PermissionDenied(f"Only the owners and admins of '{f.namespace}' see its audit log."),
+                namespace=ns,
+            )
         qs = qs.filter(namespace_key=f.namespace)
     if f.since:
         qs = qs.filter(at__gte=f.since)
@@ -133,6 +142,8 @@ def audit_list(*, actor: Subject, f: AuditFilter, ascending: bool = False) -> Qu
 def audit_row(event: AuditEvent) -> dict[str, Any]:
     return {
         "seq": event.seq,
+        "chain": event.chain,
+        "chain_seq": event.chain_seq,
         "at": event.at.isoformat(),
         "actor": event.actor_label,
         "operation": event.operation,

@@ -32,7 +32,28 @@ def audit_verify() -> dict[str, object]:
     broken = verify()
     if broken is not None:
         logging.getLogger("governance.audit").error(
-            "audit chain broken at entry %s: %s", broken.seq, broken.problem
+            "audit chain %s broken at entry %s: %s", broken.chain, broken.seq, broken.problem
         )
-        return {"ok": False, "seq": broken.seq, "problem": broken.problem}
+        return {"ok": False, "chain": broken.chain, "seq": broken.seq, "problem": broken.problem}
     return {"ok": True}
+
+
+@shared_task(name="governance.tasks.audit_anchor", ignore_result=True)
+def audit_anchor() -> dict[str, object]:
+    """Sign every audit chain's head (a beat entry): later rewrites behind it no longer verify. Does
+    nothing when no entry was written since the last anchor."""
+    from governance.audit import audit_anchor_create
+
+    anchor = audit_anchor_create()
+    if anchor is None:
+        return {"anchor": None}
+    return {"anchor": anchor.id, "chains": anchor.chains, "entries": anchor.entries, "root": anchor.root}
+
+
+@shared_task(name="governance.tasks.pii_scan_run", ignore_result=True)
+def pii_scan_run(report_id: str) -> str:
+    """Scan what a pending PII report names (texts or memories) and fill the report in. Runs in the worker
+    because scanning loads spaCy and the NER model; a report that is no longer pending is left alone."""
+    from governance.pii import pii_scan_execute
+
+    return pii_scan_execute(report_id=report_id)

@@ -24,8 +24,9 @@ from core.errors import ApplicationError, Conflict, NotFound
 from governance.audit import audit_record
 from governance.models import Snapshot, SnapshotEntry
 from governance.policy import Action, Subject, authorize
-from vault.models import LIVE_STATES, IndexOp, MemCube, MemCubeVersion, MemoryState, VersionOperation
-from vault.services import CONTENT_FIELDS, index_enqueue, memory_version_write
+from vault.models import MemCube, MemCubeVersion, MemoryState, VersionOperation
+from vault.selectors import history_visible, memories_purged
+from vault.services import CONTENT_FIELDS, memory_reads_record, memory_restore, memory_state_set
 
 COMPARED_FIELDS = (*CONTENT_FIELDS, "state")
 MAX_DIFF_ITEMS = 1000
@@ -204,13 +205,16 @@ class Diff:
     truncated: bool = False
 
 
-def _summary(v: MemCubeVersion) -> dict[str, Any]:
+def _summary(v: MemCubeVersion, current: Pairs | None) -> dict[str, Any]:
+    """One version in a diff. `current` (the memories' versions now) is given for a reader who may not
+    write the namespace: it sees the text of current versions only, never superseded or deleted text."""
+    shown = current is None or (current.get(str(v.cube_id)) == v.version and v.state != MemoryState.DELETED)
     return {
         "id": str(v.cube_id),
         "version": v.version,
-        "title": v.title,
+        "title": v.title if shown else None,
         "state": v.state,
-        "text": v.text[:200],
+        "text": v.text[:200] if shown else None,
     }
 
 
@@ -221,11 +225,12 @@ def timemachine_diff(*, actor: Subject, namespace_key: str, source: str | None, 
     b = point_parse(namespace=ns, raw=target, name="to")
     pa, pb = point_pairs(namespace=ns, point=a), point_pairs(namespace=ns, point=b)
     va, vb = _versions(pa), _versions(pb)
+    current = None if history_visible(actor=actor, namespace=ns) else pairs_at(namespace=ns, at=None)
     diff = Diff(ns.key, a.describe(), b.describe())
     for cid in sorted(set(pb) - set(pa)):
-        diff.added.append(_summary(vb[(cid, pb[cid])]))
+        diff.added.append(_summary(vb[(cid, pb[cid])], current))
     for cid in sorted(set(pa) - set(pb)):
-        diff.removed.append(_summary(va[(cid, pa[cid])]))
+        diff.removed.append(_summary(va[(cid, pa[cid])], current))
     for cid in sorted(set(pa) & set(pb)):
         old, new = va[(cid, pa[cid])], vb[(cid, pb[cid])]
         fields = _changed_fields(old, new) if pa[cid] != pb[cid] else []
@@ -236,8 +241,8 @@ def timemachine_diff(*, actor: Subject, namespace_key: str, source: str | None, 
                     "from_version": old.version,
                     "to_version": new.version,
                     "fields": fields,
-                    "before": _summary(old),
-                    "after": _summary(new),
+                    "before": _summary(old, current),
+                    "after": _summary(new, current),
                 }
             )
         else:
@@ -247,6 +252,13 @@ def timemachine_diff(*, actor: Subject, namespace_key: str, source: str | None, 
         if len(items) > MAX_DIFF_ITEMS:
             setattr(diff, name, items[:MAX_DIFF_ITEMS])
             diff.truncated = True
+    shown = [item["id"] for name in ("added", "removed", "changed") for item in getattr(diff, name)]
+    memory_reads_record(
+        actor=actor,
+        cubes=list(MemCube.objects.filter(pk__in=shown).select_related("namespace")),
+        operation="memory.diff",
+        details={"from": diff.source, "to": diff.target},
+    )
     return diff
 
 
@@ -296,11 +308,14 @@ def timemachine_rollback(
         .order_by("id")
     }
     versions = _versions(target)
+    purged = memories_purged(namespace=ns)
     result = RollbackResult(ns.key, point.describe(), dry_run=dry_run)
     restore: list[tuple[MemCube, MemCubeVersion]] = []
     remove: list[MemCube] = []
     for cid, cube in rows.items():
-        if cid in target:
+        if cid in purged:
+            result.unchanged += 1  # erased: a rollback must not bring even its tombstone back
+        elif cid in target:
             old = versions[(cid, target[cid])]
             if cube.version == old.version or not _changed_fields(cube, old):
                 result.unchanged += 1
@@ -323,22 +338,12 @@ def timemachine_rollback(
         return result
     why = reason or f"rollback to {point.describe()}"
     for cube, old in restore:
-        for f in COMPARED_FIELDS:
-            setattr(cube, f, getattr(old, f))
-        if cube.state != MemoryState.MERGED:
-            cube.merged_into = None
-        memory_version_write(cube, actor=actor, operation=VersionOperation.RESTORE, reason=why[:300])
+        memory_restore(actor=actor, cube=cube, version=old, reason=why)
     for cube in remove:
-        cube.state = MemoryState.DELETED
-        memory_version_write(cube, actor=actor, operation=VersionOperation.DELETE, reason=why[:300])
+        memory_state_set(
+            actor=actor, cube=cube, state=MemoryState.DELETED, operation=VersionOperation.DELETE, reason=why
+        )
     changed = [*(c for c, _ in restore), *remove]
-    if changed:
-        live = [c.id for c in changed if c.state in LIVE_STATES]
-        gone = [c.id for c in changed if c.state not in LIVE_STATES]
-        if live:
-            index_enqueue(live, IndexOp.UPSERT)
-        if gone:
-            index_enqueue(gone, IndexOp.DELETE)
     audit_record(
         actor=actor,
         operation="namespace.rollback",

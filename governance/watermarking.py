@@ -94,26 +94,34 @@ def watermark_assign(
 
 def watermark_embed(*, assignment: WatermarkAssignment, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The installation's copy of memory items (dicts as `memory_import_batch` takes them): plaintext
-    texts watermarked, plus `assignment.canaries` canary memories dressed like the first plaintext item
-    (same tags, source and licence). Other kinds pass through unchanged. Items are not modified in place."""
+    texts watermarked, plus `assignment.canaries` canary memories written in the pack's own nouns and
+    dressed like the first plaintext item (same tags, source and licence). Canary items carry
+    `"canary": True`, which the vault keeps as `MemCube.is_canary` (out of search and prompts, never shown
+    in API output). Other kinds pass through unchanged. Items are not modified in place."""
     wm = _wm()
     key = watermark_key(assignment.source_namespace)
     out: list[dict[str, Any]] = []
     template: dict[str, Any] | None = None
+    originals: list[str] = []
     for item in items:
         item = dict(item)
         if item.get("kind", MemoryKind.PLAINTEXT) == MemoryKind.PLAINTEXT and item.get("text"):
+            originals.append(item["text"])
             item["text"] = wm.watermark_text(item["text"], key=key, installation_id=assignment.watermark_id)
             template = template or item
         out.append(item)
     if assignment.canaries and template is not None:
         for text in wm.canary_memories(
-            key=key, installation_id=assignment.watermark_id, count=assignment.canaries
+            key=key,
+            installation_id=assignment.watermark_id,
+            count=assignment.canaries,
+            vocabulary=wm.pack_vocabulary(originals),
         ):
             out.append(
                 {
                     "kind": MemoryKind.PLAINTEXT,
                     "text": text,
+                    "canary": True,
                     **{k: template[k] for k in ("tags", "source", "licence", "language") if k in template},
                 }
             )

@@ -25,9 +25,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import ApplicationError
+from core.throttling import throttles
 from governance.policy import Subject
 from inference import conf, selectors, services
 from inference.prompting import Message
+from inference.uploads import CappedTemporaryFileUploadHandler
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -82,6 +84,8 @@ class MemhubSerializer(serializers.Serializer):
 
 
 class ChatCompletionApi(APIView):
+    throttle_classes = throttles("chat")
+
     @extend_schema_serializer(component_name="ChatCompletionInput")
     class InputSerializer(serializers.Serializer):
         model = serializers.CharField(max_length=200, required=False, allow_blank=True)
@@ -220,6 +224,8 @@ class DistillationDetailApi(APIView):
 
 
 class AdapterInstallApi(APIView):
+    throttle_classes = throttles("upload")
+
     @extend_schema_serializer(component_name="AdapterInstallInput")
     class InputSerializer(serializers.Serializer):
         namespace = serializers.CharField(max_length=160)
@@ -228,6 +234,11 @@ class AdapterInstallApi(APIView):
         adapter_config = serializers.FileField()
         adapter_model = serializers.FileField()
         memhub_adapter = serializers.FileField(required=False)
+
+    def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
+        # Before anything reads the body: file parts go straight to disk, and stop at the cap.
+        request.upload_handlers = [CappedTemporaryFileUploadHandler(request, limit=conf.adapter_max_bytes())]
+        return super().initialize_request(request, *args, **kwargs)
 
     @extend_schema(
         request=InputSerializer,
@@ -238,12 +249,13 @@ class AdapterInstallApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        # Uploaded files on disk, handed over as file objects: the service copies them in chunks.
         files = {
-            "adapter_config.json": data["adapter_config"].read(),
-            "adapter_model.safetensors": data["adapter_model"].read(),
+            "adapter_config.json": data["adapter_config"],
+            "adapter_model.safetensors": data["adapter_model"],
         }
         if data.get("memhub_adapter"):
-            files["memhub_adapter.json"] = data["memhub_adapter"].read()
+            files["memhub_adapter.json"] = data["memhub_adapter"]
         adapter = services.adapter_install(
             subject=Subject.from_request(request, operation="inference.adapter.install"),
             namespace_key=data["namespace"],

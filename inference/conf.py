@@ -90,8 +90,26 @@ def kv_resident_bytes() -> int:
     return int(_get("MEMHUB_KV_RESIDENT_BYTES", 2 * 1024**3))
 
 
+LORA_MAX_RESIDENT_DEFAULT = 8
+ADAPTER_MAX_BYTES_DEFAULT = 256 * 1024 * 1024
+
+
 def lora_max_resident() -> int:
-    return int(_get("MEMHUB_LORA_MAX_RESIDENT", 8))
+    """Adapters kept loaded on a model at once (least recently used out); the production pool size."""
+    return int(
+        _get("MEMHUB_LORA_MAX_RESIDENT", 0)
+        or os.environ.get("MEMHUB_LORA_MAX_RESIDENT", 0)
+        or LORA_MAX_RESIDENT_DEFAULT
+    )
+
+
+def adapter_max_bytes() -> int:
+    """The most an adapter upload may hold, all its files together (larger: 413, nothing written)."""
+    return int(
+        _get("MEMHUB_ADAPTER_MAX_BYTES", 0)
+        or os.environ.get("MEMHUB_ADAPTER_MAX_BYTES", 0)
+        or ADAPTER_MAX_BYTES_DEFAULT
+    )
 
 
 def lora_max_rank() -> int:

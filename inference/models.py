@@ -55,6 +55,9 @@ class KVArtifact(models.Model):
     # sha256 over the packs' live memories (ids, versions, content hashes) in prefix order: a change in a
     # pack gives a new key, so a stale prefix is never picked
     content_key = models.CharField(max_length=64)
+    # the memories the prefix was built from, as {"id", "provenance_id", "content_sha256"} (never their
+    # text): an erasure finds the prefixes to delete by these
+    memory_sources = models.JSONField(default=list, blank=True)
     adapter_sha256 = models.CharField(max_length=64, blank=True)
     dtype = models.CharField(max_length=16)
     token_ids_sha256 = models.CharField(max_length=64, blank=True)
@@ -122,6 +125,7 @@ class JobStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    PURGED = "purged", "Purged (source memories erased)"
 
 
 class DistillationJob(models.Model):
@@ -144,6 +148,8 @@ class DistillationJob(models.Model):
     loss = models.FloatField(null=True, blank=True)
     source_tokens = models.PositiveIntegerField(default=0)
     source_memories = models.PositiveIntegerField(default=0)
+    # the memories it trained on, as {"id", "provenance_id", "content_sha256"}; the text is never stored
+    memory_sources = models.JSONField(default=list, blank=True)
     adapter = models.ForeignKey(
         InstalledAdapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

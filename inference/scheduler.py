@@ -11,6 +11,7 @@ Policy (each choice is recorded as a decision with its reason):
 3. Plaintext: everything else (personal and org namespaces, cold packs) is retrieved from the vault with
    the MemReader's filters, re-ranked towards the entities asked about, and added in rank order until the
    context budget is spent. A time range that matches nothing is widened rather than answering blind.
+Watermark canaries never enter a prompt in any form (`selectors.pack_memories` and retrieval drop them).
 Demotion of cold prefixes back to plaintext is `services.kv_artifacts_demote_cold` (a periodic task).
 The scheduler itself writes nothing: `services` persists its decisions, usage counts and build requests.
 """
@@ -30,6 +31,7 @@ from inference.prompting import MemoryBlock, Message
 from inference.reader import MemoryCall
 from inference.selectors import (
     adapters_ready,
+    block_for,
     is_pack,
     kv_artifact_find,
     pack_memories,
@@ -93,10 +95,6 @@ class Schedule:
 
     def note(self, **kwargs: Any) -> None:
         self.decisions.append(Decision(**kwargs))
-
-
-def block_for(cube: MemCube) -> MemoryBlock:
-    return MemoryBlock(memory_id=str(cube.id), title=cube.title, text=cube.text, namespace=cube.namespace.key)
 
 
 def _mentions(cube: MemCube, entities: list[str]) -> list[str]:
@@ -276,7 +274,8 @@ def _retrieve(
             reason=f"time range '{call.time_range.label if call.time_range else ''}' matched nothing; "
             "searched all dates",
         )
-    ranked = list(results)
+    # The index leaves watermark canaries out of retrieval; a stale index must not put one in a prompt.
+    ranked = [r for r in results if not r.memory.is_canary]
     if call.entities:
         # Stable: memories naming an entity asked about come first, rank order kept within each group.
         ranked.sort(key=lambda r: not _mentions(r.memory, call.entities))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from django.db.models import QuerySet
@@ -19,28 +20,70 @@ from inference.models import (
     PackUsage,
     SchedulerDecision,
 )
+from inference.prompting import PROMPT_FORMAT, MemoryBlock
 from vault.models import LIVE_STATES, MemCube, MemoryKind
 
 
 def pack_memories(*, namespace: Namespace) -> list[MemCube]:
     """A pack's live plaintext memories in a stable order (the order they take in a KV prefix).
 
-    Callers have already authorised the namespace; this is the text a prefix is built from, so the
-    order must not depend on anything that changes between requests.
+    Callers have already authorised the namespace; this is the text a prefix is built from (and an
+    adapter distilled from), so the order must not depend on anything that changes between requests.
+    Watermark canaries are left out: they exist to be found in a leaked copy, never to reach answers.
     """
     return list(
-        MemCube.objects.filter(namespace=namespace, state__in=LIVE_STATES, kind=MemoryKind.PLAINTEXT)
+        MemCube.objects.filter(
+            namespace=namespace, state__in=LIVE_STATES, kind=MemoryKind.PLAINTEXT, is_canary=False
+        )
         .select_related("namespace")
         .order_by("created_at", "id")
     )
 
 
+def source_label(source: Any) -> str:
+    """A memory's `source` (a JSON object) as one deterministic line for its prompt record."""
+    if not source:
+        return ""
+    if not isinstance(source, dict):
+        return str(source)[:200]
+    parts = []
+    for key in sorted(source):
+        value = source[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        parts.append(f"{key}={text}")
+    return "; ".join(parts)[:300]
+
+
+def block_for(cube: MemCube) -> MemoryBlock:
+    """A memory as a prompt record, with its provenance. The text is cleaned when it is rendered."""
+    return MemoryBlock(
+        memory_id=str(cube.id),
+        title=cube.title,
+        text=cube.text,
+        namespace=cube.namespace.key,
+        source=source_label(cube.source),
+        licence=cube.licence,
+    )
+
+
+def memory_sources(cubes: list[MemCube]) -> list[dict[str, str]]:
+    """Which memories an artifact was derived from: identities and hashes, never text. A purge finds
+    the artifacts to delete by these."""
+    return [
+        {"id": str(c.id), "provenance_id": str(c.provenance_id), "content_sha256": c.content_sha256}
+        for c in cubes
+    ]
+
+
 def packs_content_key(*, packs: list[tuple[Namespace, list[MemCube]]]) -> str:
-    digest = hashlib.sha256()
+    """sha256 over what a prefix renders: the format, and per pack each memory's identity, content hash
+    and the metadata its record shows. Any change gives a new key, so a stale prefix is never picked."""
+    digest = hashlib.sha256(f"format:{PROMPT_FORMAT}\n".encode())
     for namespace, cubes in packs:
         digest.update(f"ns:{namespace.id}\n".encode())
         for cube in cubes:
-            digest.update(f"{cube.id}:{cube.version}:{cube.content_sha256}\n".encode())
+            meta = block_for(cube).fingerprint()
+            digest.update(f"{cube.id}:{cube.version}:{cube.content_sha256}:{meta}\n".encode())
     return digest.hexdigest()
 
 

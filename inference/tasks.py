@@ -14,9 +14,13 @@ from celery import shared_task
 
 @shared_task(name="inference.tasks.kv_artifact_build_task", acks_late=True)
 def kv_artifact_build_task(artifact_id: str) -> str:
+    from core.errors import NotFound
     from inference.services import kv_artifact_build
 
-    return str(kv_artifact_build(artifact_id=artifact_id).status)
+    try:
+        return str(kv_artifact_build(artifact_id=artifact_id).status)
+    except NotFound:  # deleted before the task ran (an erasure took it): nothing to build
+        return "gone"
 
 
 @shared_task(name="inference.tasks.kv_demote_cold_task")
@@ -28,9 +32,13 @@ def kv_demote_cold_task() -> int:
 
 @shared_task(name="inference.tasks.distillation_run_task", acks_late=True)
 def distillation_run_task(job_id: str) -> str:
+    from core.errors import NotFound
     from inference.services import distillation_run
 
-    return str(distillation_run(job_id=job_id).status)
+    try:
+        return str(distillation_run(job_id=job_id).status)
+    except NotFound:
+        return "gone"
 
 
 @shared_task(name="inference.tasks.chat_generate_task")

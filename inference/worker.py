@@ -22,8 +22,8 @@ from inference.runtime.errors import KVCacheRefused
 from inference.runtime.generate import GenerationStats, TextStreamer, greedy_stream
 from inference.runtime.kv import KVPrefix, kv_build_and_save, kv_load
 from inference.runtime.lora import AdapterSpec, adapter_pool, adapter_validate
-from inference.runtime.prompt import encode_prefix, encode_prompt
-from inference.runtime.registry import ModelHandle, load_model
+from inference.runtime.prompt import encode_prefix, encode_prompt, render_body
+from inference.runtime.registry import ModelHandle, load_model, loaded_models
 
 _prefixes: OrderedDict[tuple[str, str], KVPrefix] = OrderedDict()
 _prefix_lock = threading.Lock()
@@ -44,6 +44,20 @@ def handle_for(payload: dict[str, Any]) -> ModelHandle:
     return load_model(payload["model_path"], dtype=payload.get("dtype"), device=payload.get("device"))
 
 
+def forget(*, kv_paths: list[str], adapter_sha256s: list[str]) -> None:
+    """Drop resident copies of erased artifacts: loaded prefixes, validated specs, adapter slots."""
+    paths, shas = set(kv_paths), set(adapter_sha256s)
+    with _prefix_lock:
+        for key in [k for k in _prefixes if k[0] in paths]:
+            del _prefixes[key]
+    for key in [k for k in _specs if k[1] in shas]:
+        del _specs[key]
+    for handle in loaded_models():
+        if handle.adapters is not None:
+            for sha in shas:
+                handle.adapters.evict(sha)
+
+
 def _blocks(raw: list[dict[str, Any]]) -> list[MemoryBlock]:
     return [
         MemoryBlock(
@@ -51,9 +65,28 @@ def _blocks(raw: list[dict[str, Any]]) -> list[MemoryBlock]:
             title=b.get("title", ""),
             text=b["text"],
             namespace=b.get("namespace", ""),
+            source=b.get("source", ""),
+            licence=b.get("licence", ""),
         )
         for b in raw
     ]
+
+
+def plan_for(payload: dict[str, Any]) -> PromptPlan:
+    """The prompt a chat payload asks for (what `chat_stream` encodes)."""
+    return PromptPlan(
+        prefix_blocks=_blocks(payload.get("prefix_blocks", [])),
+        context_blocks=_blocks(payload.get("context_blocks", [])),
+        messages=[Message(m["role"], m["content"]) for m in payload["messages"]],
+    )
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """The text a chat payload puts before the model (the prefix, then the templated body), before any
+    low-ranked retrieved memory is dropped to fit the context."""
+    handle = handle_for(payload)
+    plan = plan_for(payload)
+    return plan.prefix_text() + render_body(handle.tokenizer, plan)
 
 
 def _prefix(handle: ModelHandle, kv: dict[str, Any]) -> KVPrefix:
@@ -110,11 +143,7 @@ def chat_stream(
 ) -> Iterator[str]:
     """Yield text deltas; `on_done` receives the summary (tokens, KV use, adapter, timings)."""
     handle = handle_for(payload)
-    plan = PromptPlan(
-        prefix_blocks=_blocks(payload.get("prefix_blocks", [])),
-        context_blocks=_blocks(payload.get("context_blocks", [])),
-        messages=[Message(m["role"], m["content"]) for m in payload["messages"]],
-    )
+    plan = plan_for(payload)
     max_new = int(payload["max_new_tokens"])
     summary: dict[str, Any] = {
         "kv_used": False,

@@ -8,9 +8,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import TokenScope
+from accounts.scopes import SCOPED_PERMISSIONS
 from core.requests import current_user
 from core.serializers import StrictSerializer
+from governance.policy import Subject
 from marketplace import selectors, services
+
+
+class MarketplaceApi(APIView):
+    """Every marketplace endpoint needs the `marketplace` scope (services check it again)."""
+
+    permission_classes = SCOPED_PERMISSIONS
+    required_scope = TokenScope.MARKETPLACE.value
 
 
 class ReleaseOutput(serializers.Serializer):
@@ -47,7 +57,7 @@ class InstallationOutput(serializers.Serializer):
         return f"{i.release.pack.publisher.slug}/{i.release.pack.slug}"
 
 
-class PackCatalogApi(APIView):
+class PackCatalogApi(MarketplaceApi):
     @extend_schema(
         parameters=[OpenApiParameter("q", str), OpenApiParameter("tag", str)],
         responses=PackOutput(many=True),
@@ -60,13 +70,13 @@ class PackCatalogApi(APIView):
         return Response(PackOutput(packs, many=True).data)
 
 
-class PackDetailApi(APIView):
+class PackDetailApi(MarketplaceApi):
     @extend_schema(responses=PackOutput, tags=["marketplace"])
     def get(self, request: Request, publisher: str, slug: str) -> Response:
         return Response(PackOutput(selectors.pack_get(publisher_slug=publisher, slug=slug)).data)
 
 
-class PackInstallApi(APIView):
+class PackInstallApi(MarketplaceApi):
     class PackInstallInput(StrictSerializer):
         version = serializers.CharField(max_length=40, required=False)
 
@@ -81,11 +91,13 @@ class PackInstallApi(APIView):
         s.is_valid(raise_exception=True)
         pack = selectors.pack_get(publisher_slug=publisher, slug=slug)
         release = selectors.release_get(pack=pack, version=s.validated_data.get("version"))
-        installation = services.pack_install(user=current_user(request), release=release)
+        installation = services.pack_install(
+            actor=Subject.from_request(request, operation="pack.install"), release=release
+        )
         return Response(InstallationOutput(installation).data, status=status.HTTP_201_CREATED)
 
 
-class InstallationListApi(APIView):
+class InstallationListApi(MarketplaceApi):
     @extend_schema(responses=InstallationOutput(many=True), tags=["marketplace"])
     def get(self, request: Request) -> Response:
         return Response(

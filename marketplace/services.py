@@ -1,6 +1,9 @@
 """Marketplace writes: publishers, packs, releases, installs of free packs.
 
-Paid checkout (Stripe) is not built yet: installing a priced pack is refused with a clear 402.
+Every service takes the caller's policy `Subject` (`actor`), so an API token's scopes and stated purpose
+hold all the way down: each needs the `marketplace` scope, and writing a pack's memories needs
+`memories:write` as any memory write does. Paid checkout (Stripe) is not built yet: installing a priced
+pack is refused with a clear 402.
 """
 
 from __future__ import annotations
@@ -12,27 +15,43 @@ import secrets
 
 from django.db import IntegrityError, transaction
 
-from accounts.models import NamespaceKind, Organization, User
+from accounts.models import NamespaceKind, Organization, Role, TokenScope
 from accounts.services import namespace_create
-from core.errors import ApplicationError, Conflict
+from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 from governance.audit import audit_record
 from governance.pii import pii_publish_gate
-from governance.policy import Action, Subject, authorize
+from governance.policy import Action, Subject, SubjectKind, authorize
 from governance.watermarking import watermark_assign, watermark_embed
 from marketplace.models import Installation, Pack, PackRelease, Publisher
-from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryKind
+from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryKind, VersionOperation
 from vault.services import memory_create_batch, memory_import_batch
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 
 
-def _require_publisher_admin(*, user: User, publisher: Publisher) -> None:
+def _require_marketplace(actor: Subject) -> None:
+    if actor.kind != SubjectKind.SYSTEM:
+        actor.require_scope(TokenScope.MARKETPLACE.value)
+
+
+def _require_publisher_admin(*, actor: Subject, publisher: Publisher) -> None:
     """Publishing is writing to the publisher's namespace: the policy decides (404 / 403)."""
-    authorize(subject=Subject(user=user), action=Action.WRITE, namespace=publisher.namespace)
+    _require_marketplace(actor)
+    authorize(subject=actor, action=Action.WRITE, namespace=publisher.namespace)
 
 
 @transaction.atomic
-def publisher_create(*, organization: Organization, slug: str, display_name: str = "") -> Publisher:
+def publisher_create(
+    *, actor: Subject, organization: Organization, slug: str, display_name: str = ""
+) -> Publisher:
+    """Register an organization as a publisher (its owners and admins, or the platform)."""
+    _require_marketplace(actor)
+    if actor.kind != SubjectKind.SYSTEM:
+        role = actor.roles.get(organization.pk) if actor.is_user else None
+        if role is None:
+            raise NotFound("Organization not found.")
+        if role not in (Role.OWNER, Role.ADMIN):
+            raise PermissionDenied("Only the organization's owners and admins register it as a publisher.")
     ns = namespace_create(
         kind=NamespaceKind.PUBLISHER, slug=slug, organization=organization, title=display_name or slug
     )
@@ -47,7 +66,7 @@ def publisher_create(*, organization: Organization, slug: str, display_name: str
 @transaction.atomic
 def pack_create(
     *,
-    user: User,
+    actor: Subject,
     publisher: Publisher,
     slug: str,
     title: str,
@@ -56,7 +75,7 @@ def pack_create(
     price_cents: int = 0,
     licence: str = "",
 ) -> Pack:
-    _require_publisher_admin(user=user, publisher=publisher)
+    _require_publisher_admin(actor=actor, publisher=publisher)
     pack = Pack(
         publisher=publisher,
         slug=slug,
@@ -75,17 +94,15 @@ def pack_create(
 
 
 @transaction.atomic
-def pack_add_memories(*, user: User, pack: Pack, items: list[dict]) -> list[MemCube]:
+def pack_add_memories(*, actor: Subject, pack: Pack, items: list[dict]) -> list[MemCube]:
     """Author memories for a pack in the publisher's namespace (tagged with the pack's slug)."""
-    _require_publisher_admin(user=user, publisher=pack.publisher)
+    _require_publisher_admin(actor=actor, publisher=pack.publisher)
     for item in items:
         item.setdefault("tags", [])
         item["tags"] = [*item["tags"], f"pack:{pack.slug}"]
         item.setdefault("licence", pack.licence)
         item.setdefault("source", {"publisher": pack.publisher.slug, "pack": pack.slug})
-    return memory_create_batch(
-        actor=Subject(user=user), namespace_key=pack.publisher.namespace.key, items=items
-    )
+    return memory_create_batch(actor=actor, namespace_key=pack.publisher.namespace.key, items=items)
 
 
 def _pack_cubes(pack: Pack) -> list[MemCube]:
@@ -97,12 +114,12 @@ def _pack_cubes(pack: Pack) -> list[MemCube]:
     ]
 
 
-def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") -> PackRelease:
+def release_publish(*, actor: Subject, pack: Pack, version: str, notes: str = "") -> PackRelease:
     """Publish an immutable release of the pack's live memories, once the PII gate lets it through.
 
     The gate runs (and stores its report) before the release transaction, so a refusal keeps the report
     the publisher needs in order to resolve the findings."""
-    _require_publisher_admin(user=user, publisher=pack.publisher)
+    _require_publisher_admin(actor=actor, publisher=pack.publisher)
     if not SEMVER.match(version):
         raise ApplicationError(f"'{version}' is not a semantic version (e.g. 1.2.0).")
     if pack.releases.filter(version=version).exists():
@@ -111,15 +128,17 @@ def release_publish(*, user: User, pack: Pack, version: str, notes: str = "") ->
     if not cubes:
         raise ApplicationError("The pack has no live memories to release.")
     pii_publish_gate(
-        actor=Subject(user=user),
+        actor=actor,
         namespace_key=pack.publisher.namespace.key,
         memory_ids=[c.id for c in cubes if c.kind == MemoryKind.PLAINTEXT],
     )
-    return _release_create(pack=pack, cubes=cubes, version=version, notes=notes, user=user)
+    return _release_create(pack=pack, cubes=cubes, version=version, notes=notes, actor=actor)
 
 
 @transaction.atomic
-def _release_create(*, pack: Pack, cubes: list[MemCube], version: str, notes: str, user: User) -> PackRelease:
+def _release_create(
+    *, pack: Pack, cubes: list[MemCube], version: str, notes: str, actor: Subject
+) -> PackRelease:
     versions = list(
         MemCubeVersion.objects.filter(cube__in=cubes, version__in={c.version for c in cubes}).select_related(
             "cube"
@@ -151,7 +170,7 @@ def _release_create(*, pack: Pack, cubes: list[MemCube], version: str, notes: st
     )
     release.memory_versions.set(versions)
     audit_record(
-        actor=user,
+        actor=actor,
         operation="pack.release",
         namespace=pack.publisher.namespace,
         object_type="pack",
@@ -162,8 +181,13 @@ def _release_create(*, pack: Pack, cubes: list[MemCube], version: str, notes: st
 
 
 @transaction.atomic
-def pack_install(*, user: User, release: PackRelease) -> Installation:
-    """Install a release for a user: its memories are copied, read-only, into a namespace of their own."""
+def pack_install(*, actor: Subject, release: PackRelease) -> Installation:
+    """Install a release for the calling user: its memories are copied, read-only, into a namespace of
+    their own."""
+    if not actor.is_user:
+        raise PermissionDenied("Only a user installs packs.")
+    _require_marketplace(actor)
+    user = actor.user
     pack = release.pack
     if pack.price_cents > 0:
         raise ApplicationError(
@@ -184,7 +208,9 @@ def pack_install(*, user: User, release: PackRelease) -> Installation:
         release=release, user=user, namespace=ns, watermark_id=watermark_id
     )
     items = []
-    for v in release.memory_versions.select_related("cube").order_by("cube__provenance_id"):
+    # An erased memory stays erased: a release published before the erasure no longer carries it.
+    versions = release.memory_versions.exclude(cube__versions__operation=VersionOperation.PURGE)
+    for v in versions.select_related("cube").order_by("cube__provenance_id"):
         items.append(
             {
                 "kind": v.kind,
@@ -219,14 +245,14 @@ def pack_install(*, user: User, release: PackRelease) -> Installation:
     items = watermark_embed(assignment=assignment, items=items)
     # The namespace is read-only to its owner by policy; the install itself is the authorised writer.
     memory_import_batch(
-        actor=Subject(user=user),
+        actor=actor,
         namespace=ns,
         items=items,
         watermark_id=watermark_id,
         reason=f"install {pack} {release.version}",
     )
     audit_record(
-        actor=user,
+        actor=actor,
         operation="pack.install",
         namespace=ns,
         object_type="installation",

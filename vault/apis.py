@@ -8,44 +8,75 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Role
+from accounts.scopes import ScopeRequired
 from core.errors import ApplicationError
-from core.pagination import CursorlessPagination
+from core.pagination import CursorlessPagination, page_parameters, paginated, paginated_response
 from core.serializers import BoundedJSONField, StrictCharField, StrictSerializer, validated
 from governance import lifecycle
-from governance.audit import audit_record
 from governance.policy import Subject
 from vault import selectors, services
 from vault.filters import KNOWN_FILTERS
+from vault.index import MAX_SEMANTIC_TYPE_LEN, MAX_TAG_LEN, label_problem, moment_problem
 from vault.models import AclPermission, MemoryKind, MemoryState, Sensitivity
 
 
+def _label(max_len: int) -> Any:
+    """A validator with the index's rules for labels: one line of printable text, bounded."""
+
+    def check(value: str) -> None:
+        problem = label_problem(value, max_len)
+        if problem:
+            raise serializers.ValidationError(f"The value {problem}.")
+
+    return check
+
+
+def _indexable_moment(value: Any) -> None:
+    """The index keeps epoch seconds from 1970 on; an earlier date could never be indexed."""
+    problem = moment_problem(value) if value is not None else None
+    if problem:
+        raise serializers.ValidationError(f"The date {problem}.")
+
+
 class MemoryFieldsInput(StrictSerializer):
+    # Every value is checked with the index's own rules, so what is accepted here can be indexed.
     kind = serializers.ChoiceField(choices=MemoryKind.choices, required=False)
     text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
-    title = StrictCharField(required=False, allow_blank=True, max_length=300)
-    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
+    title = StrictCharField(required=False, allow_blank=True, max_length=300, validators=[_label(300)])
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=64, validators=[_label(min(64, MAX_TAG_LEN))]),
+        required=False,
+        max_length=50,
+    )
     metadata = BoundedJSONField(required=False)
     source = BoundedJSONField(required=False, max_bytes=8192)  # type: ignore[assignment]
-    semantic_type = serializers.CharField(required=False, allow_blank=True, max_length=32)
-    language = serializers.CharField(required=False, allow_blank=True, max_length=16)
-    entities = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, max_length=200
+    semantic_type = serializers.CharField(
+        required=False, allow_blank=True, max_length=32, validators=[_label(min(32, MAX_SEMANTIC_TYPE_LEN))]
     )
-    valid_from = serializers.DateTimeField(required=False, allow_null=True)
-    valid_to = serializers.DateTimeField(required=False, allow_null=True)
-    blob_uri = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    language = serializers.CharField(required=False, allow_blank=True, max_length=16, validators=[_label(16)])
+    entities = serializers.ListField(
+        child=serializers.CharField(max_length=200, validators=[_label(200)]), required=False, max_length=200
+    )
+    valid_from = serializers.DateTimeField(required=False, allow_null=True, validators=[_indexable_moment])
+    valid_to = serializers.DateTimeField(required=False, allow_null=True, validators=[_indexable_moment])
+    blob_uri = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, validators=[_label(500)]
+    )
     blob_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", required=False, allow_blank=True)
-    model_fingerprint = serializers.CharField(required=False, allow_blank=True, max_length=128)
+    model_fingerprint = serializers.CharField(
+        required=False, allow_blank=True, max_length=128, validators=[_label(128)]
+    )
     blob_meta = BoundedJSONField(required=False, max_bytes=16384)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     priority = serializers.IntegerField(required=False, min_value=-100, max_value=100)
     sensitivity = serializers.ChoiceField(choices=Sensitivity.choices, required=False)
-    licence = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    licence = serializers.CharField(required=False, allow_blank=True, max_length=64, validators=[_label(64)])
 
 
 class MemoryCreateInput(MemoryFieldsInput):
@@ -95,24 +126,6 @@ class MemoryOutput(serializers.Serializer):
         return [{"principal": e["principal"], "permission": e["permission"]} for e in cube.acl or []]
 
 
-def _audit_read(
-    request: Request, cubes: list[Any], operation: str, details: dict[str, Any] | None = None
-) -> None:
-    by_ns: dict[Any, list[Any]] = {}
-    for c in cubes:
-        by_ns.setdefault(c.namespace, []).append(c)
-    for ns, items in by_ns.items():
-        audit_record(
-            actor=Subject.from_request(request),
-            operation=operation,
-            namespace=ns,
-            object_type="memory",
-            object_ids=[str(c.id) for c in items],
-            memory_kind=items[0].kind if len({c.kind for c in items}) == 1 else "",
-            details=details or {},
-        )
-
-
 class MemoryListCreateApi(APIView):
     @extend_schema_serializer(component_name="MemoryListCreateFilterInput")
     class FilterInput(StrictSerializer):
@@ -142,8 +155,9 @@ class MemoryListCreateApi(APIView):
                 "created_before",
                 "valid_at",
             )
-        ],
-        responses=MemoryOutput(many=True),
+        ]
+        + page_parameters(),
+        responses=paginated(MemoryOutput),
         tags=["memories"],
     )
     def get(self, request: Request) -> Response:
@@ -167,12 +181,11 @@ class MemoryListCreateApi(APIView):
         }
         if q.get("tag"):
             filters["tags"] = {"all": q["tag"]}
-        qs = selectors.memory_list(
-            actor=Subject.from_request(request), namespace_keys=q.get("namespace"), filters=filters
-        )
+        actor = Subject.from_request(request)
+        qs = selectors.memory_list(actor=actor, namespace_keys=q.get("namespace"), filters=filters)
         paginator = CursorlessPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        _audit_read(request, page or [], "memory.list")
+        services.memory_reads_record(actor=actor, cubes=page or [], operation="memory.list")
         return paginator.get_paginated_response(MemoryOutput(page, many=True).data)
 
     @extend_schema(request=MemoryCreateInput, responses={201: MemoryOutput}, tags=["memories"])
@@ -227,10 +240,9 @@ class MemoryDetailApi(APIView):
 
     @extend_schema(responses=MemoryOutput, tags=["memories"])
     def get(self, request: Request, cube_id: str) -> Response:
-        cube = selectors.memory_get(actor=Subject.from_request(request), cube_id=cube_id)
-        services.memory_record_access(cube_ids=[cube.id])
-        cube.refresh_from_db(fields=["access_count", "hit_count", "last_accessed_at"])
-        _audit_read(request, [cube], "memory.read")
+        actor = Subject.from_request(request)
+        cube = selectors.memory_get(actor=actor, cube_id=cube_id)
+        services.memory_reads_record(actor=actor, cubes=[cube], operation="memory.read")
         return Response(MemoryOutput(cube).data)
 
     @extend_schema(
@@ -295,21 +307,26 @@ class VersionOutput(serializers.Serializer):
 class MemoryHistoryApi(APIView):
     @extend_schema(responses=VersionOutput(many=True), tags=["memories"])
     def get(self, request: Request, cube_id: str) -> Response:
+        actor = Subject.from_request(request)
         versions = list(
-            selectors.memory_history(actor=Subject.from_request(request), cube_id=cube_id).select_related(
-                "parent", "cube__namespace"
-            )
+            selectors.memory_history(actor=actor, cube_id=cube_id).select_related("parent", "cube__namespace")
         )
         if versions:
-            _audit_read(request, [versions[0].cube], "memory.history", {"versions": len(versions)})
+            services.memory_reads_record(
+                actor=actor,
+                cubes=[versions[0].cube],
+                operation="memory.history",
+                details={"versions": len(versions)},
+            )
         return Response(VersionOutput(versions, many=True).data)
 
 
 class MemoryProvenanceApi(APIView):
     @extend_schema(responses=MemoryOutput(many=True), tags=["memories"])
     def get(self, request: Request, provenance_id: str) -> Response:
-        cubes = selectors.memory_provenance(actor=Subject.from_request(request), provenance_id=provenance_id)
-        _audit_read(request, cubes, "memory.provenance")
+        actor = Subject.from_request(request)
+        cubes = selectors.memory_provenance(actor=actor, provenance_id=provenance_id)
+        services.memory_reads_record(actor=actor, cubes=cubes, operation="memory.provenance")
         return Response(
             {
                 "provenance_id": provenance_id,
@@ -330,6 +347,12 @@ class MemorySearchApi(APIView):
         top_k = serializers.IntegerField(required=False, min_value=1, default=10)
         mode = serializers.ChoiceField(choices=selectors.SEARCH_MODES, required=False)
         dense_weight = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+        min_score = serializers.FloatField(
+            required=False,
+            min_value=0.0,
+            max_value=1.0,
+            help_text="Drop hits scoring below this (scores lie in 0..1 and compare across queries).",
+        )
 
     @extend_schema_serializer(component_name="MemorySearchHitOutput")
     class HitOutput(serializers.Serializer):
@@ -367,19 +390,23 @@ class MemorySearchApi(APIView):
     )
     def post(self, request: Request) -> Response:
         d = validated(self.Input, request.data)
+        actor = Subject.from_request(request)
         response = selectors.memory_search(
-            actor=Subject.from_request(request),
+            actor=actor,
             query=d["query"],
             namespace_keys=d.get("namespaces"),
             filters=d.get("filters"),
             top_k=d["top_k"],
             mode=d.get("mode"),
             dense_weight=d.get("dense_weight"),
+            min_score=d.get("min_score"),
         )
-        cubes = [r.memory for r in response.results]
-        services.memory_record_access(cube_ids=[c.id for c in cubes], hit=True)
-        _audit_read(
-            request, cubes, "memory.search", {"query_sha256": hashlib.sha256(d["query"].encode()).hexdigest()}
+        services.memory_reads_record(
+            actor=actor,
+            cubes=[r.memory for r in response.results],
+            operation="memory.search",
+            hit=True,
+            details={"query_sha256": hashlib.sha256(d["query"].encode()).hexdigest()},
         )
         return Response(
             {
@@ -492,6 +519,30 @@ class MemoryLifecycleApi(APIView):
         return Response(MemoryOutput(cube).data)
 
 
+class MemoryPurgeApi(APIView):
+    @extend_schema_serializer(component_name="MemoryPurgeInput")
+    class Input(StrictSerializer):
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
+
+    @extend_schema(
+        request=Input,
+        responses={200: MemoryOutput},
+        tags=["memories"],
+        description="Right to erasure. The memory's text, title, tags, entities, metadata and source are "
+        "replaced by a tombstone in every version, the memory is deleted and removed from the index, "
+        "memories merged from it lose the text they quoted, and derived KV caches and adapter training "
+        "records are removed. The audit log keeps a `memory.purge` entry with hashes of what was removed. "
+        "Needs admin rights on the namespace (the `governance` scope). A frozen memory answers 409; so "
+        "does one already purged.",
+    )
+    def post(self, request: Request, cube_id: str) -> Response:
+        d = validated(self.Input, request.data)
+        cube = services.memory_purge(
+            actor=Subject.from_request(request), cube_id=cube_id, reason=d.get("reason", "")
+        )
+        return Response(MemoryOutput(cube).data)
+
+
 class MemoryMergeApi(APIView):
     @extend_schema_serializer(component_name="MemoryMergeInput")
     class Input(StrictSerializer):
@@ -501,10 +552,17 @@ class MemoryMergeApi(APIView):
         text = StrictCharField(required=False, allow_blank=False, trim_whitespace=False)
         title = StrictCharField(required=False, allow_blank=True, max_length=300)
         tags = serializers.ListField(
-            child=serializers.CharField(max_length=64), required=False, max_length=50
+            child=serializers.CharField(max_length=64, validators=[_label(min(64, MAX_TAG_LEN))]),
+            required=False,
+            max_length=50,
         )
         metadata = BoundedJSONField(required=False)
-        semantic_type = serializers.CharField(required=False, allow_blank=True, max_length=32)
+        semantic_type = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=32,
+            validators=[_label(min(32, MAX_SEMANTIC_TYPE_LEN))],
+        )
         reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
 
     @extend_schema(
@@ -521,3 +579,58 @@ class MemoryMergeApi(APIView):
             actor=Subject.from_request(request), source_ids=sources, data=d, reason=reason
         )
         return Response(MemoryOutput(cube).data, status=status.HTTP_201_CREATED)
+
+
+# --- index dead letters (staff) ------------------------------------------------------------------------
+
+
+class IndexDeadLetterOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    cube_id = serializers.UUIDField()
+    op = serializers.CharField()
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_attempt_at = serializers.DateTimeField(allow_null=True)
+    dead_lettered_at = serializers.DateTimeField()
+
+
+class IndexDeadLetterListApi(APIView):
+    """Outbox rows the index kept refusing: what an operator fixes, then retries."""
+
+    permission_classes = [IsAdminUser, ScopeRequired]
+    required_scope = "governance"
+
+    @extend_schema(parameters=page_parameters(), responses=paginated(IndexDeadLetterOutput), tags=["admin"])
+    def get(self, request: Request) -> Response:
+        return paginated_response(
+            request=request, view=self, items=selectors.index_dead_letters(), serializer=IndexDeadLetterOutput
+        )
+
+
+class IndexDeadLetterRetryApi(APIView):
+    permission_classes = [IsAdminUser, ScopeRequired]
+    required_scope = "governance"
+
+    @extend_schema_serializer(component_name="IndexDeadLetterRetryInput")
+    class Input(StrictSerializer):
+        ids = serializers.ListField(
+            child=serializers.IntegerField(min_value=1),
+            required=False,
+            max_length=10_000,
+            help_text="Dead letters to retry; all of them when left out.",
+        )
+
+    @extend_schema_serializer(component_name="IndexDeadLetterRetryOutput")
+    class Output(serializers.Serializer):
+        retried = serializers.IntegerField()
+
+    @extend_schema(
+        request=Input,
+        responses=Output,
+        tags=["admin"],
+        description="Give dead-lettered index outbox rows a fresh set of attempts (after a fix).",
+    )
+    def post(self, request: Request) -> Response:
+        d = validated(self.Input, request.data)
+        return Response({"retried": services.index_dead_letters_retry(ids=d.get("ids"))})

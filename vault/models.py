@@ -50,6 +50,7 @@ class VersionOperation(models.TextChoices):
     DELETE = "delete", "Delete"
     RESTORE = "restore", "Restore"
     LIFECYCLE = "lifecycle", "Lifecycle change"
+    PURGE = "purge", "Purge (erasure)"
 
 
 class MemoryContent(models.Model):
@@ -92,6 +93,8 @@ class MemCube(MemoryContent):
     licence = models.CharField(max_length=64, blank=True)
     watermark_id = models.CharField(max_length=64, blank=True)
     frozen = models.BooleanField(default=False)
+    # A canary (watermark trap) travels in bulk copies but is never retrieved; never shown in API output.
+    is_canary = models.BooleanField(default=False, db_index=True)
     merged_into = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
     )
@@ -122,7 +125,9 @@ class AclPermission(models.TextChoices):
 class MemCubeGrant(models.Model):
     """One per-memory ACL entry, as a row the policy can query (lists, search). `MemCube.acl` carries the
     same entries for single-memory decisions; `memory_acl_grant`/`memory_acl_revoke` keep both in step.
-    A grant goes to one user, or to every member of an organization holding at least `role`."""
+    A grant goes to one user, or to every member of an organization holding at least `role`. A grant to a
+    username no account holds is kept under `username` and shown like any other, so the answer does not
+    tell whether the account exists; it grants nothing, not even to an account later made with that name."""
 
     cube = models.ForeignKey(MemCube, on_delete=models.CASCADE, related_name="grants")
     user = models.ForeignKey(
@@ -132,6 +137,7 @@ class MemCubeGrant(models.Model):
         "accounts.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     role = models.CharField(max_length=16, blank=True)
+    username = models.CharField(max_length=150, blank=True)
     permission = models.CharField(max_length=8, choices=AclPermission.choices)
     granted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -144,8 +150,14 @@ class MemCubeGrant(models.Model):
                 condition=(
                     models.Q(user__isnull=False, organization__isnull=True)
                     | models.Q(user__isnull=True, organization__isnull=False)
+                    | (models.Q(user__isnull=True, organization__isnull=True) & ~models.Q(username=""))
                 ),
                 name="grant_has_one_principal",
+            ),
+            models.UniqueConstraint(
+                fields=["cube", "username"],
+                condition=models.Q(user__isnull=True, organization__isnull=True),
+                name="uniq_grant_unknown_username",
             ),
             models.UniqueConstraint(
                 fields=["cube", "user"], condition=models.Q(user__isnull=False), name="uniq_grant_user"
@@ -195,7 +207,12 @@ class IndexOp(models.TextChoices):
 
 
 class IndexOutbox(models.Model):
-    """Pending index work, written in the business transaction; processed (idempotently) by Celery."""
+    """Pending index work, written in the business transaction; processed (idempotently) by Celery.
+
+    Rows are processed independently: a row that fails records the attempt and waits
+    (`next_attempt_at`, exponential backoff); after `VAULT_OUTBOX_MAX_ATTEMPTS` it is dead-lettered
+    (`dead_lettered_at`) and waits for an operator to retry it, while every other row keeps indexing.
+    """
 
     cube_id = models.UUIDField(db_index=True)
     op = models.CharField(max_length=8, choices=IndexOp.choices)
@@ -203,9 +220,15 @@ class IndexOutbox(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)  # None: due now
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["processed_at", "id"], name="outbox_pending")]
+        indexes = [
+            models.Index(fields=["processed_at", "id"], name="outbox_pending"),
+            models.Index(fields=["processed_at", "dead_lettered_at", "next_attempt_at"], name="outbox_due"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.op} {self.cube_id}"

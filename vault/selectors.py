@@ -12,11 +12,27 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import Namespace, User
 from core.errors import ApplicationError, NotFound
-from governance.policy import Action, Subject, authorize, readable_memories_q, readable_namespaces_q
+from core.exceptions import deny_target
+from governance.policy import (
+    Action,
+    Subject,
+    authorize,
+    namespace_actions,
+    readable_memories_q,
+    readable_namespaces_q,
+)
 from vault.filters import MemoryFilter, parse_filters
-from vault.models import LIVE_STATES, MemCube, MemCubeVersion, MemoryState
+from vault.models import (
+    LIVE_STATES,
+    IndexOutbox,
+    MemCube,
+    MemCubeVersion,
+    MemoryState,
+    VersionOperation,
+)
 
 SEARCH_MODES = ("hybrid", "dense", "sparse")
+SEARCH_MAX_FETCH = 1_000  # the index's own top_k limit
 
 
 def namespaces_readable(*, actor: Subject) -> QuerySet[Namespace]:
@@ -61,8 +77,22 @@ def memory_get(*, actor: Subject, cube_id: Any, include_deleted: bool = False) -
         qs = qs.exclude(state=MemoryState.DELETED)
     cube = qs.first()
     if cube is None:
-        raise NotFound("Memory not found.")
+        raise deny_target(
+            NotFound("Memory not found."),
+            namespace=_hidden_namespace(actor, cube_id),
+            object_type="memory",
+            object_ids=[cube_id],
+        )
     return cube
+
+
+def _hidden_namespace(actor: Subject, cube_id: Any) -> Namespace | None:
+    """The namespace of a memory that exists but that the actor may not see: the refusal is audited in
+    that namespace's log, so its owners learn of the attempt (the caller still gets a plain 404)."""
+    if _visible(actor).filter(pk=cube_id).exists():
+        return None  # visible to the caller, only deleted: nothing was refused
+    hidden = MemCube.objects.filter(pk=cube_id).select_related("namespace").first()
+    return hidden.namespace if hidden else None
 
 
 def _owner_ids(usernames: list[str]) -> list[Any]:
@@ -114,12 +144,40 @@ def memory_list(
         qs = qs.filter(namespace__in=namespaces_resolve(actor=actor, keys=namespace_keys))
     if not f.states:
         qs = qs.exclude(state=MemoryState.DELETED)
+    elif MemoryState.DELETED in f.states:
+        # Deleted text is history: listed only in the namespaces the caller may write.
+        holding = Namespace.objects.filter(pk__in=qs.filter(state=MemoryState.DELETED).values("namespace_id"))
+        writable = [ns.pk for ns in holding if history_visible(actor=actor, namespace=ns)]
+        qs = qs.exclude(Q(state=MemoryState.DELETED) & ~Q(namespace_id__in=writable))
     return apply_filter(qs, f).order_by("-created_at", "id")
 
 
+def history_visible(*, actor: Subject, namespace: Namespace) -> bool:
+    """Superseded and deleted text is for those who may write the namespace (they could restore it);
+    a reader sees what the memory says now, nothing it said before."""
+    return Action.WRITE in namespace_actions(actor, namespace)
+
+
+def memories_purged(*, namespace: Namespace) -> set[str]:
+    """Ids of the namespace's erased memories: nothing may bring their content (a tombstone) back."""
+    return {
+        str(cid)
+        for cid in MemCubeVersion.objects.filter(
+            cube__namespace=namespace, operation=VersionOperation.PURGE
+        ).values_list("cube_id", flat=True)
+    }
+
+
 def memory_history(*, actor: Subject, cube_id: Any) -> QuerySet[MemCubeVersion]:
+    """Every version for the namespace's writers; the current version only for readers (a reader of a
+    deleted memory finds nothing)."""
     cube = memory_get(actor=actor, cube_id=cube_id, include_deleted=True)
-    return MemCubeVersion.objects.filter(cube=cube).select_related("actor").order_by("version")
+    versions = MemCubeVersion.objects.filter(cube=cube).select_related("actor").order_by("version")
+    if history_visible(actor=actor, namespace=cube.namespace):
+        return versions
+    if cube.state == MemoryState.DELETED:
+        raise NotFound("Memory not found.")
+    return versions.filter(version=cube.version)
 
 
 def memory_provenance(*, actor: Subject, provenance_id: Any) -> list[MemCube]:
@@ -148,7 +206,26 @@ class SearchResponse:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _index_filter(namespaces: list[Namespace], f: MemoryFilter) -> Any:
+# An index field a refused value came from -> the search input the caller sent it in.
+_SEARCH_INPUT_FOR = {
+    "tag": "filters.tags",
+    "tags_any": "filters.tags",
+    "tags_all": "filters.tags",
+    "semantic_type": "filters.semantic_type",
+    "semantic_types": "filters.semantic_type",
+    "kind": "filters.kind",
+    "kinds": "filters.kind",
+    "state": "filters.state",
+    "states": "filters.state",
+    "owner": "filters.owner",
+    "owners": "filters.owner",
+    "created_from_ts": "filters.created_after",
+    "created_to_ts": "filters.created_before",
+    "valid_at_ts": "filters.valid_at",
+}
+
+
+def _index_filter(namespaces: list[Namespace], f: MemoryFilter, owner_ids: list[Any] | None = None) -> Any:
     from vault.index import IndexFilter
 
     def ts(value: Any) -> int | None:
@@ -159,7 +236,7 @@ def _index_filter(namespaces: list[Namespace], f: MemoryFilter) -> Any:
         namespaces=[str(ns.id) for ns in namespaces],
         kinds=f.kinds or None,
         states=states,
-        owners=[str(o) for o in _owner_ids(f.owners)] if f.owners else None,
+        owners=[str(o) for o in owner_ids] if owner_ids else None,
         tags_any=f.tags_any or None,
         tags_all=f.tags_all or None,
         semantic_types=f.semantic_types or None,
@@ -167,6 +244,11 @@ def _index_filter(namespaces: list[Namespace], f: MemoryFilter) -> Any:
         created_to_ts=ts(f.created_before),
         valid_at_ts=ts(f.valid_at),
     )
+
+
+def _refused(exc: Any) -> ApplicationError:
+    name = _SEARCH_INPUT_FOR.get(exc.field, exc.field)
+    return ApplicationError(f"'{name}': {exc}.", extra={"field": name}, code="invalid_filter")
 
 
 def memory_search(
@@ -178,12 +260,17 @@ def memory_search(
     top_k: int = 10,
     mode: str | None = None,
     dense_weight: float | None = None,
+    min_score: float | None = None,
 ) -> SearchResponse:
-    """Hybrid retrieval (dense + BM25 + metadata filters, rank-fused) within what the caller may read.
+    """Hybrid retrieval (dense + BM25 + metadata filters, fused) within what the caller may read.
 
     The index only proposes candidates; every hit is re-checked against the database (the source of
-    truth) for visibility, state and filters before it is returned.
+    truth) for visibility, state and filters before it is returned, and canaries are never returned.
+    Scores lie in [0, 1] and are comparable across queries; `min_score` drops weaker hits. A value the
+    index cannot filter on is a 400 naming the filter; an unavailable index is a 503, never a 500.
     """
+    from vault.index import IndexValueError, build_filter_expr, get_index
+
     started = time.perf_counter()
     mode = mode or settings.VAULT_SEARCH_MODE
     if mode not in SEARCH_MODES:
@@ -192,6 +279,8 @@ def memory_search(
         raise ApplicationError("'query' must not be empty.")
     if not 1 <= top_k <= settings.VAULT_SEARCH_MAX_TOP_K:
         raise ApplicationError(f"'top_k' must be between 1 and {settings.VAULT_SEARCH_MAX_TOP_K}.")
+    if min_score is not None and not (isinstance(min_score, int | float) and 0.0 <= min_score <= 1.0):
+        raise ApplicationError("'min_score' must be a number from 0 to 1.", extra={"field": "min_score"})
     f = parse_filters(filters)
     if f.states and not set(f.states) & set(LIVE_STATES):
         raise ApplicationError(
@@ -201,40 +290,76 @@ def memory_search(
     # Memories shared by ACL live in namespaces the caller cannot read: search those partitions too and
     # let the database re-check below keep only the shared memories.
     acl_namespaces = [] if namespace_keys else _acl_namespaces(actor, namespaces)
-    if not namespaces and not acl_namespaces:
-        return SearchResponse([], mode, [], 0.0)
-
-    from vault.index import get_index
+    owner_ids = _owner_ids(f.owners) if f.owners else None
+    searched = namespaces + acl_namespaces
+    index_filter = _index_filter(searched, f, owner_ids) if searched else None
+    if index_filter is not None:
+        try:
+            build_filter_expr(index_filter)  # the index's own rules, before anything is searched
+        except IndexValueError as exc:
+            raise _refused(exc) from exc
+    # No namespace to search, or only owners nobody is called: nothing can match (as in lists).
+    if index_filter is None or (f.owners and not owner_ids):
+        return SearchResponse([], mode, [ns.key for ns in namespaces], 0.0)
 
     fetch_k = min(top_k * 2 + 5, settings.VAULT_SEARCH_MAX_TOP_K * 2)
     if acl_namespaces:
         fetch_k = settings.VAULT_SEARCH_MAX_TOP_K * 2
-    searched = namespaces + acl_namespaces
-    hits = get_index().search(
-        query=query, filters=_index_filter(searched, f), top_k=fetch_k, mode=mode, dense_weight=dense_weight
-    )
-    by_id = {
-        str(c.id): c
-        for c in apply_filter(
-            _visible(actor).filter(
-                pk__in=[h.id for h in hits], state__in=LIVE_STATES, namespace__in=searched
-            ),
-            f,
-        )
-    }
+    index = get_index()
     results: list[SearchResult] = []
-    for hit in hits:
-        cube = by_id.get(hit.id)
-        if cube is None:
-            continue  # stale index entry or filtered by the database: the database wins
-        results.append(SearchResult(cube, hit.score, len(results) + 1, hit.dense_score, hit.sparse_score))
-        if len(results) == top_k:
+    candidates = dropped = 0
+    while True:
+        try:
+            hits = index.search(
+                query=query, filters=index_filter, top_k=fetch_k, mode=mode, dense_weight=dense_weight
+            )
+        except IndexValueError as exc:
+            raise _refused(exc) from exc
+        except Exception as exc:
+            import logging
+
+            logging.getLogger(__name__).exception("memory search failed in the index")
+            raise ApplicationError(
+                "Search is unavailable right now; please try again shortly.",
+                status=503,
+                code="index_unavailable",
+            ) from exc
+        visible = _visible(actor).filter(
+            pk__in=[h.id for h in hits], state__in=LIVE_STATES, namespace__in=searched, is_canary=False
+        )
+        by_id = {str(c.id): c for c in apply_filter(visible, f)}
+        results = []
+        for hit in hits:
+            cube = by_id.get(hit.id)
+            if cube is None:
+                continue  # stale index entry, filtered by the database, or a canary: the database wins
+            if min_score is not None and hit.score < min_score:
+                break  # hits come best first
+            results.append(SearchResult(cube, hit.score, len(results) + 1, hit.dense_score, hit.sparse_score))
+            if len(results) == top_k:
+                break
+        candidates, dropped = len(hits), len(hits) - len(by_id)
+        # The database dropped so many that top_k is not filled while the index has more: look deeper.
+        short = (
+            len(results) < top_k
+            and len(hits) == fetch_k
+            and (min_score is None or hits[-1].score >= min_score)
+        )
+        if not short or fetch_k >= SEARCH_MAX_FETCH:
             break
+        fetch_k = min(fetch_k * 4, SEARCH_MAX_FETCH)
     took = (time.perf_counter() - started) * 1000
     return SearchResponse(
         results,
         mode,
         [ns.key for ns in namespaces],
         took,
-        {"candidates": len(hits), "dropped": len(hits) - len(by_id)},
+        {"candidates": candidates, "dropped": dropped},
+    )
+
+
+def index_dead_letters() -> QuerySet[IndexOutbox]:
+    """Outbox rows that failed `VAULT_OUTBOX_MAX_ATTEMPTS` times and wait for an operator (newest first)."""
+    return IndexOutbox.objects.filter(processed_at__isnull=True, dead_lettered_at__isnull=False).order_by(
+        "-dead_lettered_at", "-id"
     )

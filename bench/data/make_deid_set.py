@@ -11,6 +11,12 @@ dates, times, hashes, UUIDs, MAC addresses, public keys and certificates, publis
 documentation values vendors and RFCs publish (example.com, 192.0.2.0/24, AKIA...EXAMPLE). The
 generator knows nothing of the recognizers' code; it validates positives with the same public rules
 (Luhn, ISO 7064, libphonenumber) a reader would use.
+
+Names and places (PERSON, LOCATION) come from Faker in thirteen locales, dropped into conversational
+sentences, notes and messages written as people write them (chat in lower case, a name beside an
+address or a phone number, a street, a city, a country), not phrased for a tagger. They use their own
+random streams (seeded from `--seed`), so the rows before them do not change. Faker's data differ
+between its releases: the committed JSONL is the reference; regenerate it with the pinned Faker.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import base64
 import json
 import random
+import re
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -637,7 +644,193 @@ def _prose(g: Gen) -> str:
     )
 
 
+# --- names and places ------------------------------------------------------------------------------
+
+NAME_LOCALES = [
+    "en_US", "en_GB", "en_IE", "en_IN", "en_AU", "de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR", "nl_NL",
+    "pl_PL", "sv_SE",
+]  # fmt: skip
+# Locales whose cities are real places (en_US and en_GB invent town names like "Hodgesfort", kept too:
+# a reader cannot tell them from real small towns, and neither should a tagger need to).
+CITY_LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL", "sv_SE", "pt_BR"]
+
+# {name} full name, {first} first name, {last} surname, {city}, {country}, {street} a street name,
+# {address} a street address, {email}, {phone}. A trailing "|lower" writes the whole message in lower
+# case, as people do in chat.
+PERSON_PLACE_TEMPLATES = [
+    "I had coffee with {name} yesterday, she's thinking of moving to {city}.",
+    "{first} says the flat on {street} is still free if you want it.",
+    "Reminder: call {name} about the invoice before the weekend.",
+    "My sister lives in {city} now, right next to the station.",
+    "We drove through {country} last summer and it rained the whole time.",
+    "Can you pick up {first} from school on Thursday? I'm stuck at work.",
+    "{name} ({email}) wants the slides by Monday.",
+    "Dinner at {first}'s place on Friday, bring something sweet.",
+    "ok so {first} and {last_first} are both coming, {first} is bringing the tent|lower",
+    "lol {first} just texted me from {city}, apparently it's snowing there|lower",
+    "did u ask {name} about the keys?|lower",
+    "The package should go to {address}, {city}.",
+    "Our new office is at {address}; parking is round the back.",
+    "{name} from accounts said the refund takes five days.",
+    "Met {name} at the conference in {city}, lovely person, works on compilers.",
+    "my dentist moved to {street}, which is a nightmare to get to|lower",
+    "Flight to {city} got cancelled again, so I'm staying with {first} tonight.",
+    "Grandma was born in {country} and still cooks like it.",
+    "Note to self: {name}'s number is {phone}.",
+    "The contractor, {name}, will be at {address} at 8am.",
+    "Told {first} I'd send the photos from {city} tonight.",
+    "{first}: are you still in {city}? I'll be there on the 12th.",
+    "hey {first}, can we move our call to tomorrow?|lower",
+    "We're thinking {country} or maybe {country2} for the honeymoon.",
+    "Ask {name} whether the {city} warehouse has the spare parts.",
+    "{last_title} has been the landlord here for ten years and never fixed the boiler.",
+    "Happy birthday {first}! Hope {city} is treating you well.",
+    "According to {name}, the train from {city} to {city2} takes four hours.",
+    "I'm meeting {first} outside the bakery on {street} at noon.",
+    "Book club is at {name}'s house this month, {address}.",
+    "Sorry {first}, I won't make it, my car broke down outside {city}.",
+    "{name} and {name2} are sharing the room at the hotel in {city}.",
+    "the kids love visiting {first} in {city} in the holidays|lower",
+    "Emergency contact: {name}, {phone}.",
+    "Please forward this to {name} and cc {first2}.",
+    "We lived on {street} until I was seven, then moved to {country}.",
+    "{first} recommended a hairdresser near {street}, worth trying.",
+    "Interview with {name} went well, she can start in {city} next month.",
+    "So {first} finally quit and moved back to {country}.",
+    "Shipping address updated to {address}, {city}, {country}.",
+]
+
+# Capitalised words that name no person and no place, in sentences of the same register.
+NAME_PLACE_LOOKALIKES = [
+    "Monday works better for me than Friday.",
+    "The Python script crashed again after the update.",
+    "Happy New Year! Let's do better with the budget.",
+    "Can you send me the PDF of the Terms and Conditions?",
+    "I finally finished Breaking Bad, what a finale.",
+    "Our Wi-Fi keeps dropping every evening around nine.",
+    "The Board approved the Q3 Roadmap on Tuesday.",
+    "Use Ctrl and Shift together to open the Command Palette.",
+    "Christmas dinner is at six, don't be late.",
+    "The Android app asks for Bluetooth every time.",
+    "I switched to the Premium plan in September.",
+    "Thanks again for the help with the Excel sheet!",
+]
+
+
+def _lower_first(value: str) -> str:
+    return value[:1].lower() + value[1:]
+
+
+def make_names_places(seed: int) -> list[dict]:  # type: ignore[type-arg]
+    from faker import Faker
+
+    r = random.Random(seed * 7 + 1)
+    fakers = {}
+    for i, loc in enumerate(sorted(set(NAME_LOCALES) | set(CITY_LOCALES))):
+        fake = Faker(loc)
+        fake.seed_instance(seed + i)
+        for provider in fake.providers:
+            # it_IT builds its city list from a set, whose order changes with PYTHONHASHSEED
+            if isinstance(getattr(provider, "cities", None), list):
+                provider.cities = sorted(provider.cities)
+        fakers[loc] = fake
+    english = Faker("en_US")
+    english.seed_instance(seed - 1)
+
+    def country() -> str:
+        while True:  # people say "Bolivia", not "Bolivia, Plurinational State of"
+            value = english.country()
+            if "," not in value and "(" not in value and len(value) <= 24:
+                return value
+
+    def street(fake) -> str:  # type: ignore[no-untyped-def]
+        return fake.street_name()
+
+    def address(fake) -> str:  # type: ignore[no-untyped-def]
+        return " ".join(fake.street_address().split())
+
+    def email(first: str, last: str) -> str:
+        local = f"{first}.{last}".lower()
+        local = "".join(c for c in local if c.isascii() and (c.isalnum() or c == "."))
+        return f"{local or 'hello'}@{r.choice(DOMAINS)}"
+
+    def phone() -> str:
+        return r.choice(
+            [
+                f"+44 7{r.randint(400, 999)} {r.randint(100000, 999999)}",
+                f"({r.choice(US_AREAS)}) {r.randint(200, 999)}-{r.randint(1000, 9999)}",
+                f"+49 30 {r.randint(2, 9)}{r.randint(1000000, 9999999)}",
+            ]
+        )
+
+    rows: list[dict] = []  # type: ignore[type-arg]
+    for n in range(260):
+        template = (
+            PERSON_PLACE_TEMPLATES[n % len(PERSON_PLACE_TEMPLATES)]
+            if n < 80
+            else r.choice(PERSON_PLACE_TEMPLATES)
+        )
+        lower = template.endswith("|lower")
+        template = template.removesuffix("|lower")
+        person_fake = fakers[r.choice(NAME_LOCALES)]
+        place_fake = fakers[r.choice(CITY_LOCALES)]
+        first, last = person_fake.first_name(), person_fake.last_name()
+        other = fakers[r.choice(NAME_LOCALES)]
+        values: dict[str, tuple[str, str | None]] = {
+            "{name}": (f"{first} {last}", "PERSON"),
+            "{name2}": (other.name(), "PERSON"),
+            "{first}": (first, "PERSON"),
+            "{first2}": (other.first_name(), "PERSON"),
+            "{last_first}": (other.first_name(), "PERSON"),
+            "{last_title}": (r.choice(["Mr", "Mrs", "Ms", "Dr"]) + " " + last, "PERSON"),
+            "{city}": (place_fake.city(), "LOCATION"),
+            "{city2}": (fakers[r.choice(CITY_LOCALES)].city(), "LOCATION"),
+            "{country}": (country(), "LOCATION"),
+            "{country2}": (country(), "LOCATION"),
+            "{street}": (street(place_fake), "LOCATION"),
+            "{address}": (address(place_fake), "LOCATION"),
+            "{email}": (email(first, last), "EMAIL"),
+            "{phone}": (phone(), "PHONE"),
+        }
+        text, spans = "", []
+        cursor = 0
+        for m in re.finditer(r"\{[a-z_0-9]+\}", template):
+            text += template[cursor : m.start()]
+            value, etype = values[m.group(0)]
+            if lower:
+                value = value.lower()
+            elif m.start() == 0 and etype == "LOCATION" and value[:1].islower():
+                value = value[:1].upper() + value[1:]  # "avenue Lesage" starting a sentence
+            start = len(text)
+            text += value
+            if etype:
+                spans.append({"start": start, "end": start + len(value), "type": etype})
+            cursor = m.end()
+        text += template[cursor:]
+        if lower:
+            text = text.lower()
+        category = "names_places:lower" if lower else "names_places"
+        rows.append({"text": text, "spans": spans, "kind": "pii", "category": category})
+    for text in NAME_PLACE_LOOKALIKES:
+        rows.append({"text": text, "spans": [], "kind": "lookalike", "category": "names_places:lookalike"})
+    return rows
+
+
+def _label_template_names(rows: list[dict]) -> None:  # type: ignore[type-arg]
+    """The structured templates mention one person by first name ("ask for Dana"): label her."""
+    for row in rows:
+        for m in re.finditer(r"\bDana\b", row["text"]):
+            row["spans"].append({"start": m.start(), "end": m.end(), "type": "PERSON"})
+            row["spans"].sort(key=lambda s: s["start"])
+
+
 def make(seed: int) -> list[dict]:  # type: ignore[type-arg]
+    rows = make_structured(seed)
+    _label_template_names(rows)
+    return rows + make_names_places(seed)
+
+
+def make_structured(seed: int) -> list[dict]:  # type: ignore[type-arg]
     g = Gen(seed)
     rows: list[dict] = []  # type: ignore[type-arg]
 

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.limits.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,6 +72,21 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'memhub.sqlite3'}")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The embedded default has several writers (web, worker, beat). SQLite's deferred transactions fail
+    # with "database is locked" when a reader upgrades to a writer while another holds the lock, so take
+    # the write lock when a transaction begins, wait for it instead of failing, and let readers proceed
+    # beside a writer (WAL).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.int("MEMHUB_SQLITE_BUSY_TIMEOUT_S", default=30),
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout="
+                f"{env.int('MEMHUB_SQLITE_BUSY_TIMEOUT_S', default=30) * 1000};"
+            ),
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -89,9 +105,16 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
-# Uploads are bounded: requests larger than this are refused before they reach a view.
+# Bodies are bounded. Non-file data (JSON, form fields) is capped by Django's own limit, which DRF's
+# parsers honour from 3.17.2 on; a whole request, file parts included, is capped by
+# core.limits (413 before the body is read past the cap).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MEMHUB_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
-FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# An adapter upload (its own cap, named in its 413) plus room for the form around it.
+MEMHUB_ADAPTER_MAX_BYTES = env.int("MEMHUB_ADAPTER_MAX_BYTES", default=256 * 1024 * 1024)
+MEMHUB_MAX_UPLOAD_BYTES = env.int("MEMHUB_MAX_UPLOAD_BYTES", default=MEMHUB_ADAPTER_MAX_BYTES + 1024 * 1024)
+# LoRA adapters kept loaded per inference worker (least recently used leaves first).
+MEMHUB_LORA_MAX_RESIDENT = env.int("MEMHUB_LORA_MAX_RESIDENT", default=8)
+FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("MEMHUB_FILE_UPLOAD_MAX_MEMORY_BYTES", default=2 * 1024 * 1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -104,6 +127,21 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.pagination.CursorlessPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Client addresses (anonymous throttles) come from REMOTE_ADDR unless a proxy count is configured;
+    # trusting X-Forwarded-For by default would let a client pick its own address.
+    "NUM_PROXIES": env.int("MEMHUB_NUM_PROXIES", default=0),
+}
+
+# --- Throttles (core.throttling) -------------------------------------------------------------------
+# Costly endpoints are limited per user and per token; 429 answers carry Retry-After. Counters live in
+# the "throttle" cache: Redis when REDIS_URL is set (shared by every web process), else process memory
+# (the embedded default runs one web process).
+MEMHUB_THROTTLE_RATES = {
+    "chat": env.str("MEMHUB_THROTTLE_CHAT", default="60/min"),
+    "pii_scan": env.str("MEMHUB_THROTTLE_PII_SCAN", default="20/min"),
+    "watermark_detect": env.str("MEMHUB_THROTTLE_WATERMARK_DETECT", default="20/min"),
+    "upload": env.str("MEMHUB_THROTTLE_UPLOAD", default="10/min"),
+    "login": env.str("MEMHUB_THROTTLE_LOGIN", default="10/min"),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -114,8 +152,18 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# --- Channels --------------------------------------------------------------------------------------
+# --- Caches ---------------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "memhub-default"},
+    "throttle": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "thr"}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "memhub-throttle"}
+    ),
+}
+
+# --- Channels --------------------------------------------------------------------------------------
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
@@ -148,12 +196,18 @@ CELERY_BEAT_SCHEDULE = {
     "governance-ttl-expiry": {"task": "governance.tasks.lifecycle_expire_due", "schedule": 300.0},
     "governance-cold-archival": {"task": "governance.tasks.lifecycle_archive_cold", "schedule": 3600.0},
     "governance-audit-verify": {"task": "governance.tasks.audit_verify", "schedule": 86400.0},
+    "governance-audit-anchor": {
+        "task": "governance.tasks.audit_anchor",
+        "schedule": env.float("MEMHUB_AUDIT_ANCHOR_SECONDS", default=600.0),
+    },
     "inference-kv-demote-cold": {"task": "inference.tasks.kv_demote_cold_task", "schedule": 3600.0},
 }
 
 # --- Governance ------------------------------------------------------------------------------------
 MEMHUB_ARCHIVE_AFTER_DAYS = env.int("MEMHUB_ARCHIVE_AFTER_DAYS", default=90)
 MEMHUB_PII_BLOCKING_THRESHOLD = env.float("MEMHUB_PII_BLOCKING_THRESHOLD", default=0.5)
+# Names and places: a "module:callable" NER hook for de-identification (empty turns it off).
+MEMHUB_DEID_NER = env.str("MEMHUB_DEID_NER", default="governance.deid.ner:default_ner")
 
 # --- Vault: embeddings and Milvus -----------------------------------------------------------------
 MILVUS_URI = env.str("MILVUS_URI", default="http://127.0.0.1:19530")
@@ -169,10 +223,17 @@ VAULT_SEARCH_MAX_TOP_K = env.int("MEMHUB_SEARCH_MAX_TOP_K", default=100)
 EMBEDDING_QUANTIZE = env.bool("MEMHUB_EMBEDDING_QUANTIZE", default=True)  # int8 ONNX weights
 EMBEDDING_THREADS = env.int("MEMHUB_EMBEDDING_THREADS", default=0)  # 0: ONNX Runtime decides
 VAULT_FUSION = env.str("MEMHUB_FUSION", default="weighted")  # weighted | rrf
-VAULT_DENSE_WEIGHT = env.float("MEMHUB_DENSE_WEIGHT", default=0.4)
+# Tuned leave-one-conversation-out on locomo-dev (docs/vault-index.md), never on the split reported.
+VAULT_DENSE_WEIGHT = env.float("MEMHUB_DENSE_WEIGHT", default=0.3)
+VAULT_BM25_HALF = env.float("MEMHUB_BM25_HALF", default=16.0)  # BM25 score that maps to 0.5 in fusion
 VAULT_SEARCH_CANDIDATES = env.int("MEMHUB_SEARCH_CANDIDATES", default=50)
 VAULT_HNSW_EF = env.int("MEMHUB_HNSW_EF", default=96)
 VAULT_PRF_DOCS = env.int("MEMHUB_PRF_DOCS", default=5)
+VAULT_LITE_FLUSH_EVERY = env.int("MEMHUB_LITE_FLUSH_EVERY", default=2000)
+# Index outbox: a row that keeps failing is retried with exponential backoff, then dead-lettered.
+VAULT_OUTBOX_MAX_ATTEMPTS = env.int("MEMHUB_OUTBOX_MAX_ATTEMPTS", default=8)
+VAULT_OUTBOX_BACKOFF_S = env.float("MEMHUB_OUTBOX_BACKOFF_S", default=30.0)
+VAULT_OUTBOX_BACKOFF_MAX_S = env.float("MEMHUB_OUTBOX_BACKOFF_MAX_S", default=3600.0)
 
 LOGGING = {
     "version": 1,
@@ -181,4 +242,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
-SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {"MemoryKindEnum": "vault.models.MemoryKind"}
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    "MemoryKindEnum": "vault.models.MemoryKind",
+    "OrgRoleEnum": "accounts.models.Role",
+}

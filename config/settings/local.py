@@ -3,5 +3,6 @@
 from .base import *  # noqa: F403
 from .base import env
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Django's debug page shows settings and code to anyone who triggers an error: only when asked for.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = SECRET_KEY or "memhub-local-development-only-not-secret"  # noqa: F405  # nosec: local only

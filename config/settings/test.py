@@ -27,3 +27,14 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast has
 ALLOWED_HOSTS = ["*"]
 MILVUS_COLLECTION_PREFIX = f"memhub_test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"
 MIDDLEWARE = [m for m in MIDDLEWARE if "whitenoise" not in m]  # noqa: F405  # no collected static in tests
+# Throttle counters in Redis, as when scaled out; each test run keeps its own keys. Rates are high so
+# that only the throttle tests (which lower them) are ever limited.
+CACHES = {
+    **CACHES,  # noqa: F405
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"memhub-test-thr{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}",
+    },
+}
+MEMHUB_THROTTLE_RATES = {k: "100000/min" for k in MEMHUB_THROTTLE_RATES}  # noqa: F405

@@ -7,19 +7,23 @@ Plain Python (no Django models), so the publish path, export and MIP transfer ca
     if blocking_findings(rep, threshold): refuse  # publish gate
     new_text, findings = apply(text, "pseudonymize", pseudonymizer=Pseudonymizer(pack_key))
 
-Presidio and spaCy load on first use (`get_analyzer`), not at import.
+Presidio, spaCy and the NER model (`MEMHUB_DEID_NER`, default `governance.deid.ner:default_ner`: names
+and places) load on first use, not at import.
 """
 
 from governance.deid.engine import (
     DEFAULT_MIN_SCORE,
+    DEFAULT_NER,
     SpacyNerPlugin,
     configure_ner,
     get_analyzer,
+    ner_setting,
     register_ner,
     registered_ner,
     resolve_overlaps,
     scan,
     unregister_ner,
+    use_ner_setting,
 )
 from governance.deid.report import (
     DEFAULT_BLOCKING_THRESHOLD,
@@ -36,6 +40,7 @@ __all__ = [
     "BUILTIN_TYPES",
     "DEFAULT_BLOCKING_THRESHOLD",
     "DEFAULT_MIN_SCORE",
+    "DEFAULT_NER",
     "EntityType",
     "Finding",
     "Mode",
@@ -49,6 +54,7 @@ __all__ = [
     "configure_ner",
     "get_analyzer",
     "mask",
+    "ner_setting",
     "normalise_value",
     "register_ner",
     "registered_ner",
@@ -56,4 +62,5 @@ __all__ = [
     "resolve_overlaps",
     "scan",
     "unregister_ner",
+    "use_ner_setting",
 ]

@@ -4,10 +4,12 @@ Building an `AnalyzerEngine` loads spaCy and compiles every recognizer (seconds)
 instance serves the whole process; it is immutable after construction and Presidio's `analyze` keeps no
 per-call state on it, so threads may share it.
 
-Names, places and organisations need a statistical NER model, and spaCy models are not on PyPI, so
-none ships by default. A deployment that has one registers it with `register_ner` (or names a factory
-in the `MEMHUB_DEID_NER` setting, which the web layer passes to `configure_ner`); every scan then also
-runs it. A plug-in is any callable `text -> iterable of Finding` (or `(start, end, type, score)`
+Names and places need a statistical NER model. The default is spaCy's `en_core_web_sm` from PyPI
+(`governance.deid.ner`), named by the `MEMHUB_DEID_NER` setting (`package.module:factory`; empty turns
+NER off). The setting is read on the first scan, and the model loads on the first scan too, so
+configuring costs nothing in a process that never scans (the web process: scans run in the worker).
+Code may also pin a configuration with `configure_ner` or add plug-ins with `register_ner`; every scan
+runs all of them. A plug-in is any callable `text -> iterable of Finding` (or `(start, end, type, score)`
 tuples), or a Presidio `EntityRecognizer`.
 """
 
@@ -112,20 +114,71 @@ def unregister_ner(name: str) -> None:
 
 
 def registered_ner() -> tuple[str, ...]:
+    """Names of the plug-ins every scan runs (the configured one is called `configured`)."""
+    _ensure_configured()
     return tuple(_ner_plugins)
 
 
+DEFAULT_NER = "governance.deid.ner:default_ner"
+_UNSET = object()
+_applied: object = _UNSET  # the factory path in force: from the setting, or pinned by configure_ner
+_pinned = False
+_built: dict[str, NerPlugin] = {}
+
+
+def ner_setting() -> str:
+    """`MEMHUB_DEID_NER` when Django is configured (empty: off), otherwise the default factory."""
+    try:
+        from django.conf import settings
+    except ImportError:  # pragma: no cover - plain-Python use without Django installed
+        return DEFAULT_NER
+    if not settings.configured:
+        return DEFAULT_NER
+    return str(getattr(settings, "MEMHUB_DEID_NER", DEFAULT_NER) or "")
+
+
 def configure_ner(factory_path: str | None) -> None:
-    """Register the plug-in built by `module.path:factory` (the deployment's setting); None clears."""
+    """Pin the configured plug-in to the one built by `module.path:factory` (None or "" turns it off),
+    overriding the setting until `use_ner_setting()`."""
+    global _pinned
+    _apply(factory_path or "")
+    _pinned = True
+
+
+def use_ner_setting() -> None:
+    """Drop a configuration pinned by `configure_ner`; the setting applies again from the next scan."""
+    global _pinned, _applied
+    with _ner_lock:
+        _pinned = False
+        _applied = _UNSET
+
+
+def _apply(factory_path: str) -> None:
+    global _applied
+    plugin: NerPlugin | None = None
+    if factory_path:
+        module_name, _, attr = factory_path.partition(":")
+        if not attr or not module_name:
+            raise ValueError(f"NER factory must look like 'package.module:factory', got {factory_path!r}")
+        # The factory should be cheap (the default returns a plug-in that loads its model on first use);
+        # its plug-in is kept, so switching the setting back does not load the model again.
+        plugin = _built.get(factory_path)
+        if plugin is None:
+            plugin = _built.setdefault(factory_path, getattr(importlib.import_module(module_name), attr)())
     with _ner_lock:
         _ner_plugins.pop("configured", None)
-    if not factory_path:
+        if plugin is not None:
+            _ner_plugins["configured"] = plugin
+        _applied = factory_path
+
+
+def _ensure_configured() -> None:
+    """Follow the setting (it may change at run time, in tests) unless code pinned a configuration."""
+    if _pinned:
         return
-    module_name, _, attr = factory_path.partition(":")
-    if not attr:
-        raise ValueError(f"NER factory must look like 'package.module:factory', got {factory_path!r}")
-    factory = getattr(importlib.import_module(module_name), attr)
-    register_ner("configured", factory())
+    wanted = ner_setting()
+    if _applied != wanted:
+        _apply(wanted)
 
 
 class SpacyNerPlugin:
@@ -217,13 +270,18 @@ def scan(
         )
         for r in results
     ]
+    _ensure_configured()
     if _ner_plugins:
+        # A statistical tagger sees "Applicant 664-65-4382" as a name; the rule-based recognizers know
+        # the number is an SSN. Where they disagree the specific recognizer wins, whatever the scores.
+        structured = list(findings)
         findings.extend(
             f
             for f in _run_ner(text)
             if f.score >= min_score
             and (not entities or f.type in entities)
             and text[f.start : f.end] not in allow
+            and all(f.end <= s.start or f.start >= s.end for s in structured)
         )
     return resolve_overlaps(findings)
 

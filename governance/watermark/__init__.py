@@ -4,7 +4,8 @@ Plain Python on numpy and safetensors (no Django, no torch), so the web process,
 and a forensic command can all import it:
 
     marked = watermark_texts(memories, key=K, installation_id=iid)           # install, plaintext
-    extra = canary_memories(key=K, installation_id=iid)                       # install, canaries
+    extra = canary_memories(key=K, installation_id=iid,
+                            vocabulary=pack_vocabulary(memories))             # install, canaries
     adapter = watermark_adapter(adapter_bytes, key=K, installation_id=iid)    # install, LoRA
     kv_text = kv_build_text(memory, key=K, installation_id=iid)              # install, KV
     verdict = detect_text(leaked, key=K, candidates=pack_installation_ids)    # forensics
@@ -23,7 +24,7 @@ from governance.watermark.adapter import (
     watermark_adapter,
     watermark_tensors,
 )
-from governance.watermark.canary import canary_memories
+from governance.watermark.canary import canary_memories, pack_vocabulary
 from governance.watermark.kv import attribute_kv_cache, kv_build_text, kv_candidate_texts
 from governance.watermark.text import (
     DEFAULT_ALPHA,
@@ -53,6 +54,7 @@ __all__ = [
     "kv_candidate_texts",
     "load_adapter",
     "observe",
+    "pack_vocabulary",
     "watermark_adapter",
     "watermark_tensors",
     "watermark_text",

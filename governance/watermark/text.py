@@ -61,6 +61,7 @@ ZW_EVERY = 10
 ZW_CHARS = ("\u200b", "\u2060")  # ZERO WIDTH SPACE = 0, WORD JOINER = 1
 DEFAULT_ALPHA = 1e-4
 DEFAULT_CANARIES = 3
+CANARY_HIT_P = 1e-6
 BOUNDARY = "\x00"
 
 _TOKEN_RE = re.compile(r"\w+")
@@ -536,21 +537,21 @@ def detect_text(
     agree = lex_agree.astype(np.int64) + zw_agree
     n = n_lex + n_zw
 
-    shapes = set(obs.canary_shapes)
-    canary_p = 1.0
-    hits = np.zeros(m, dtype=bool)
+    shapes = sorted(set(obs.canary_shapes))
+    canary_ps = np.ones(m, dtype=np.float64)
     if canaries and shapes:
-        canary_p = min(1.0, canaries * len(obs.canary_shapes) / canary_mod.MIN_SPACE)
         for i, c in enumerate(cand):
-            hits[i] = any((k.template, k.fields) in shapes for k in canary_mod.canaries_for(key, c, canaries))
+            canary_ps[i] = canary_mod.canary_p_value(key, c, canaries, shapes)[0]
+    # A "hit" is a canary that alone would clear a strict bar; the p-value used is the test's own.
+    hits = canary_ps <= CANARY_HIT_P
     tests = 2 if canaries else 1
 
     # Rank by the smaller of the two p-values; the binomial tail is monotone in agreements.
-    order = sorted(range(m), key=lambda i: (not hits[i], -int(agree[i])))
+    order = sorted(range(m), key=lambda i: (float(canary_ps[i]), -int(agree[i])))
     ranking: list[CandidateScore] = []
     for i in order[:5]:
         p_bin = binomial_sf(int(agree[i]), n) if n else 1.0
-        p = min(p_bin, canary_p if hits[i] else 1.0)
+        p = min(p_bin, float(canary_ps[i]))
         ranking.append(CandidateScore(cand[i], int(agree[i]), n, min(1.0, p * tests), bool(hits[i])))
     ranking.sort(key=lambda c: (c.p_value, -c.matches))
     best = ranking[0] if ranking else None
@@ -562,7 +563,7 @@ def detect_text(
         "canary": {
             "shapes_found": len(obs.canary_shapes),
             "hits": int(hits.sum()),
-            "p_value_if_hit": canary_p,
+            "p_value": float(canary_ps.min()) if m else 1.0,
         },
     }
     if best is not None:

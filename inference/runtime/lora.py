@@ -376,6 +376,21 @@ class AdapterPool:
         # peft leaves the slot's config on the model; drop it so evictions do not accumulate configs.
         getattr(self.handle.model, "peft_config", {}).pop(name, None)
 
+    def evict(self, sha256: str) -> bool:
+        """Unload one adapter (an erased one must not stay resident). True if it was loaded."""
+        with self.handle.lock:
+            slot = self._slots.pop(sha256, None)
+            if slot is None:
+                return False
+            if self._active == sha256:
+                self._active = None
+                self._set_layers(None)
+            self._delete_slot(slot.name)
+            self._refresh_layers()
+            active = self._slots.get(self._active) if self._active is not None else None
+            self._set_layers(active.name if active is not None else None)
+            return True
+
     def clear(self) -> None:
         """Remove every resident adapter from the model (the base model serves afterwards)."""
         with self.handle.lock:

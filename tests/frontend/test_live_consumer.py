@@ -70,3 +70,72 @@ async def test_anonymous_is_refused():
     )
     connected, _code = await comm.connect()
     assert not connected
+
+
+def _audit_api_seqs(user) -> set[int]:
+    """The entries `GET /api/v1/governance/audit` shows this user (all of them, every page)."""
+    from rest_framework.test import APIClient
+
+    from accounts import services as account_services
+
+    _, raw = account_services.api_token_create(user=user, name="audit", scopes=["governance"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    body = client.get("/api/v1/governance/audit", {"limit": 500}).json()
+    return {e["seq"] for e in body["results"]}
+
+
+async def _drain(comm) -> list[dict]:
+    events = []
+    while not await comm.receive_nothing(timeout=1.5):
+        events.append(await comm.receive_json_from(timeout=5))
+    return events
+
+
+async def test_shows_only_what_the_audit_api_shows(make_user):
+    """An org viewer and a reader of a shared namespace see nothing they could not see in the audit API;
+    the org's admin sees the org's entries, the shared namespace's owner sees its own."""
+    from accounts import services as account_services
+    from accounts.models import NamespaceKind, Role
+
+    def given():
+        owner, admin, viewer, reader = (make_user(n) for n in ("olga", "adam", "vera", "rita"))
+        org = account_services.organization_create(owner=owner, slug="clinic")
+        for user, role in ((admin, Role.ADMIN), (viewer, Role.VIEWER)):
+            invitation = account_services.invitation_create(
+                actor=owner, org=org, username=user.username, role=role
+            )
+            account_services.invitation_accept(user=user, invitation_id=invitation.id)
+        account_services.namespace_create(kind=NamespaceKind.SHARED, slug="tips", owner_user=owner)
+        account_services.namespace_join(user=reader, namespace_key="shared:tips")
+        memory_create(actor=Subject(user=owner), namespace_key="org:clinic", data={"text": "ward rota"})
+        memory_create(actor=Subject(user=owner), namespace_key="shared:tips", data={"text": "a tip"})
+        # the viewer and the reader read: their own reads are in the owners' logs, not theirs
+        from vault.selectors import memory_list
+        from vault.services import memory_reads_record
+
+        for user, key in ((viewer, "org:clinic"), (reader, "shared:tips")):
+            subject = Subject(user=user)
+            cubes = list(memory_list(actor=subject, namespace_keys=[key]))
+            assert cubes, f"{user.username} can read {key}"
+            memory_reads_record(actor=subject, cubes=cubes, operation="memory.list")
+        return owner, admin, viewer, reader
+
+    owner, admin, viewer, reader = await database_sync_to_async(given)()
+    from frontend.consumers import latest_seq
+
+    fresh_from = await database_sync_to_async(latest_seq)() - 10  # a fresh page replays the last ten
+    for user in (viewer, reader, admin, owner):
+        comm, connected = await connect_as(user, cursor=0)
+        assert connected
+        seen = await _drain(comm)
+        await comm.disconnect()
+        allowed = await database_sync_to_async(_audit_api_seqs)(user)
+        assert {e["seq"] for e in seen} == {s for s in allowed if s > fresh_from}, user.username
+        reads = {(e["namespace"], e["actor"]) for e in seen if e["operation"] == "memory.list"}
+        if user in (viewer, reader):
+            assert seen == []
+        elif user == admin:
+            assert reads == {("org:clinic", "vera")}
+        else:
+            assert reads == {("org:clinic", "vera"), ("shared:tips", "rita")}

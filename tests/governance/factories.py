@@ -26,9 +26,10 @@ def org_with_roles(make_user: Any, slug: str = "acme") -> tuple[Organization, di
     users = {role: make_user(f"{role}-{slug}") for role in (*ROLES, "outsider")}
     org = account_services.organization_create(owner=users[Role.OWNER], slug=slug)
     for role in (Role.ADMIN, Role.MEMBER, Role.VIEWER):
-        account_services.membership_set(
+        invitation = account_services.invitation_create(
             actor=users[Role.OWNER], org=org, username=users[role].username, role=role
         )
+        account_services.invitation_accept(user=users[role], invitation_id=invitation.pk)
     return org, users
 
 

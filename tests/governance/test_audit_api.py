@@ -59,6 +59,19 @@ def test_entries_carry_the_chain(activity):
     assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
 
 
+def test_each_tenant_reads_its_own_chain(activity, alice, bob):
+    a, b, *_ = activity
+    mine = a.get(URL, {"order": "asc"}).json()["results"]
+    assert {e["chain"] for e in mine} == {f"ns/{alice.namespaces.get().pk}"}
+    assert [e["chain_seq"] for e in mine] == [1, 2, 3, 4]
+    assert [e["prev_hash"] for e in mine[1:]] == [e["hash"] for e in mine[:-1]]
+    theirs = b.get(URL).json()["results"]
+    assert [(e["chain"], e["chain_seq"]) for e in theirs] == [(f"ns/{bob.namespaces.get().pk}", 1)]
+    exported = a.get(URL, {"format": "csv"})
+    header = b"".join(exported.streaming_content).decode().splitlines()[0]
+    assert header.startswith("seq,chain,chain_seq,")
+
+
 def test_org_owners_and_admins_see_the_org_log_members_do_not(make_user, api_for):
     _org, users = org_with_roles(make_user)
     api_for(users["member"]).post(

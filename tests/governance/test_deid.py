@@ -25,6 +25,7 @@ from governance.deid import (
     report,
     scan,
     unregister_ner,
+    use_ner_setting,
 )
 
 JWT = (
@@ -258,12 +259,25 @@ def ruler_ner():
     unregister_ner("ruler")
 
 
-def test_no_ner_is_registered_by_default() -> None:
+@pytest.fixture
+def no_default_ner():
+    """Only the plug-ins a test registers itself (the default NER is pinned off meanwhile)."""
+    configure_ner(None)
+    yield
+    use_ner_setting()
+
+
+def test_the_default_ner_is_configured_and_finds_names_and_places() -> None:
+    assert registered_ner() == ("configured",)
+    assert types_in("Ada Lovelace lived in London.") == [("PERSON", "Ada Lovelace"), ("LOCATION", "London")]
+
+
+def test_without_ner_names_and_places_are_not_found(no_default_ner: None) -> None:
     assert registered_ner() == ()
     assert scan("Ada Lovelace lived in London.") == []
 
 
-def test_registered_ner_plugin_findings_join_the_scan(ruler_ner: None) -> None:
+def test_registered_ner_plugin_findings_join_the_scan(no_default_ner: None, ruler_ner: None) -> None:
     text = "Ada Lovelace lived in London; mail ada@analytical-engines.co.uk"
     assert types_in(text) == [("PERSON", "Ada Lovelace"), ("LOCATION", "London"),
                               ("EMAIL", "ada@analytical-engines.co.uk")]  # fmt: skip
@@ -271,7 +285,7 @@ def test_registered_ner_plugin_findings_join_the_scan(ruler_ner: None) -> None:
     assert out == "<PERSON> lived in <LOCATION>; mail <EMAIL>"
 
 
-def test_callable_plugins_may_return_tuples() -> None:
+def test_callable_plugins_may_return_tuples(no_default_ner: None) -> None:
     register_ner("tuples", lambda text: [(0, 3, "PERSON", 0.9)] if text.startswith("Bob") else [])
     try:
         assert types_in("Bob was here") == [("PERSON", "Bob")]
@@ -279,7 +293,7 @@ def test_callable_plugins_may_return_tuples() -> None:
         unregister_ner("tuples")
 
 
-def test_configure_ner_rejects_a_malformed_factory_path() -> None:
+def test_configure_ner_rejects_a_malformed_factory_path(no_default_ner: None) -> None:
     with pytest.raises(ValueError, match=r"package\.module:factory"):
         configure_ner("not_a_path")
     configure_ner(None)

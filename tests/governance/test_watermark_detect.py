@@ -144,10 +144,11 @@ def test_who_may_detect(market, api_for, make_user):
 )
 def test_bad_detection_requests_are_4xx_and_write_nothing(market, api_for, body, needle):
     users, _, _ = market
-    audits = AuditEvent.objects.count()
+    written = AuditEvent.objects.exclude(operation="access.denied")  # a refusal audits only itself
+    audits = written.count()
     resp = api_for(users["owner"]).post(DETECT, body, format="json")
     assert 400 <= resp.status_code < 500 and needle in resp.json()["error"]["message"], resp.json()
-    assert AuditEvent.objects.count() == audits
+    assert written.count() == audits
 
 
 def test_assignment_is_idempotent_and_checked(market):
@@ -162,3 +163,16 @@ def test_assignment_is_idempotent_and_checked(market):
     with pytest.raises(ApplicationError):
         watermark_assign(source_namespace=source, installation_id="has spaces")
     assert WatermarkAssignment.objects.count() == 5
+
+
+def test_canaries_are_flagged_for_the_vault_and_written_in_the_packs_words(market):
+    _, _, copies = market
+    assignment = WatermarkAssignment.objects.get(watermark_id="inst-2")
+    items = watermark_embed(assignment=assignment, items=[{"text": t, "tags": ["pack:tides"]} for t in PACK])
+    canaries = [i for i in items if i.get("canary")]
+    assert len(canaries) == assignment.canaries and all(i["canary"] is True for i in canaries)
+    assert all(i["tags"] == ["pack:tides"] for i in canaries)  # dressed like the pack's memories
+    assert not any("canary" in i for i in items if i not in canaries)
+    # the copy the installation holds has them as canaries: same texts, flagged in the vault
+    held = MemCube.objects.filter(namespace__key="installation:tides-2", is_canary=True)
+    assert sorted(c.text for c in held) == sorted(i["text"] for i in canaries) == sorted(copies["inst-2"][2:])

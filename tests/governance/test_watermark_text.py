@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import unicodedata
 from functools import cache
 from pathlib import Path
@@ -19,10 +20,12 @@ from governance.watermark import (
     capacity,
     detect_text,
     kv_build_text,
+    pack_vocabulary,
     watermark_text,
     watermark_texts,
 )
 from governance.watermark.attacks import ATTACKS, excerpt, remove_format_chars
+from governance.watermark.canary import FALLBACK_NOUNS, canary_p_value, find_canary_shapes
 from governance.watermark.kv import attribute_kv_cache
 from governance.watermark.text import ZW_CHARS, find_slots, observe
 
@@ -41,10 +44,15 @@ def pack() -> tuple[str, ...]:
     return tuple(module.PACK_MEMORIES)
 
 
+@cache
+def vocabulary() -> tuple[str, ...]:
+    return pack_vocabulary(pack())
+
+
 def installed_copy(installation_id: str, *, canaries: bool = True) -> str:
     memories = watermark_texts(pack(), key=KEY, installation_id=installation_id)
     if canaries:
-        memories += canary_memories(key=KEY, installation_id=installation_id)
+        memories += canary_memories(key=KEY, installation_id=installation_id, vocabulary=vocabulary())
     random.Random(installation_id).shuffle(memories)
     return "\n".join(memories)
 
@@ -216,9 +224,45 @@ def test_canary_memories_are_stable_distinct_and_identify_on_their_own() -> None
     assert detect_text(shouted, key=KEY, candidates=CANDIDATES).installation_id == "installation-050"
 
 
+def test_canaries_are_written_in_the_packs_own_nouns_and_name_their_installation() -> None:
+    vocab = set(vocabulary())
+    assert len(vocab) > 100 and vocab <= set(re.findall(r"[a-z-]+", " ".join(pack()).lower()))
+    for i in range(20):
+        for memory in canary_memories(
+            key=KEY, installation_id=f"installation-{i:03d}", vocabulary=vocabulary()
+        ):
+            [(_frame, words)] = find_canary_shapes(memory)
+            assert set(words) <= vocab and len(set(words)) == 6
+    leaked = canary_memories(key=KEY, installation_id="installation-007", vocabulary=vocabulary())[2]
+    result = detect_text(leaked, key=KEY, candidates=CANDIDATES)
+    assert result.installation_id == "installation-007" and result.layers["canary"]["hits"] == 1
+
+
+def test_one_installations_canaries_are_no_evidence_against_another() -> None:
+    worst = 1.0
+    for i in range(40):
+        leaked = "\n".join(canary_memories(key=KEY, installation_id=f"leaker-{i}", vocabulary=vocabulary()))
+        shapes = find_canary_shapes(leaked)
+        assert canary_p_value(KEY, f"leaker-{i}", 3, shapes)[0] < 1e-6
+        worst = min(worst, *(canary_p_value(KEY, c, 3, shapes)[0] for c in CANDIDATES))
+        result = detect_text(leaked, key=KEY, candidates=[*CANDIDATES, f"leaker-{i}"])
+        assert result.installation_id == f"leaker-{i}"
+    # 8,000 innocent comparisons: p-values behave like p-values, none near an accusation
+    assert 1e-6 < worst and worst * 2 * len(CANDIDATES) > 1e-4
+
+
+def test_small_packs_fall_back_to_everyday_nouns() -> None:
+    words = pack_vocabulary(["Tip one.", "Tip two."])
+    assert len(words) > 150 and set(words) <= set(FALLBACK_NOUNS)
+    canary = canary_memories(key=KEY, installation_id="tiny", vocabulary=words)[0]
+    assert detect_text(canary, key=KEY, candidates=[*CANDIDATES, "tiny"]).installation_id == "tiny"
+
+
 def test_canaries_contain_no_watermark_carriers() -> None:
     # a carrier inside a canary would make the canary's wording depend on the lexical layer
     for i in range(50):
+        for memory in canary_memories(key=KEY, installation_id=f"c{i}", vocabulary=vocabulary()):
+            assert find_slots(memory) == []
         for memory in canary_memories(key=KEY, installation_id=f"c{i}"):
             assert find_slots(memory) == []
 

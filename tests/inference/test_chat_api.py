@@ -64,9 +64,15 @@ def test_with_a_model_it_generates_and_reports_memories_decisions_and_audit(
     assert rows.filter(action="use", form="plaintext").count() == sum(
         1 for m in memhub["memories"] if m["form"] == "plaintext"
     )
-    event = AuditEvent.objects.filter(operation="inference.chat").latest("seq")
-    assert event.details["request_id"] == memhub["request_id"]
-    assert set(event.object_ids) == {m["id"] for m in memhub["memories"] if m["id"]}
+    # The read is audited like any other: one entry per namespace read, naming the memories used.
+    events = [
+        e
+        for e in AuditEvent.objects.filter(operation="inference.chat")
+        if e.details.get("request_id") == memhub["request_id"]
+    ]
+    assert {e.namespace_key for e in events} == {m["namespace"] for m in memhub["memories"]}
+    assert {i for e in events for i in e.object_ids} == {m["id"] for m in memhub["memories"] if m["id"]}
+    assert all(set(e.details["namespaces"]) == {n["namespace"] for n in memhub["namespaces"]} for e in events)
 
 
 def test_streaming_sends_openai_chunks_then_provenance_then_done(alice, api_for, alice_notes, generator):

@@ -3,8 +3,11 @@
 import pytest
 
 from accounts import services as accounts
+from core.errors import NotFound, PermissionDenied
+from governance.models import AuditEvent
+from governance.policy import Subject
 from marketplace import services as market
-from marketplace.models import Installation
+from marketplace.models import Installation, Publisher
 from vault.models import MemCube
 
 pytestmark = pytest.mark.django_db
@@ -14,15 +17,19 @@ pytestmark = pytest.mark.django_db
 def publisher(make_user):
     expert = make_user("expert")
     org = accounts.organization_create(owner=expert, slug="acme")
-    return expert, market.publisher_create(organization=org, slug="acme", display_name="Acme")
+    return expert, market.publisher_create(
+        actor=Subject(user=expert), organization=org, slug="acme", display_name="Acme"
+    )
 
 
 @pytest.fixture
 def released_pack(publisher):
     expert, pub = publisher
-    pack = market.pack_create(user=expert, publisher=pub, slug="tips", title="Tips")
-    market.pack_add_memories(user=expert, pack=pack, items=[{"text": "Tip one."}, {"text": "Tip two."}])
-    release = market.release_publish(user=expert, pack=pack, version="1.0.0")
+    pack = market.pack_create(actor=Subject(user=expert), publisher=pub, slug="tips", title="Tips")
+    market.pack_add_memories(
+        actor=Subject(user=expert), pack=pack, items=[{"text": "Tip one."}, {"text": "Tip two."}]
+    )
+    release = market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
     return pack, release
 
 
@@ -36,9 +43,9 @@ def test_release_versions_are_immutable_and_semver(publisher, released_pack):
     expert, _ = publisher
     pack, _ = released_pack
     with pytest.raises(Exception, match="immutable"):
-        market.release_publish(user=expert, pack=pack, version="1.0.0")
+        market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
     with pytest.raises(Exception, match="semantic version"):
-        market.release_publish(user=expert, pack=pack, version="v1")
+        market.release_publish(actor=Subject(user=expert), pack=pack, version="v1")
 
 
 def test_install_via_api_copies_memories_read_only_with_provenance(released_pack, alice, api_for):
@@ -76,9 +83,11 @@ def test_other_users_do_not_see_an_installation(released_pack, alice, bob, api_f
 
 def test_paid_pack_install_is_refused_with_402(publisher, alice, api_for):
     expert, pub = publisher
-    pack = market.pack_create(user=expert, publisher=pub, slug="paid", title="Paid", price_cents=500)
-    market.pack_add_memories(user=expert, pack=pack, items=[{"text": "Premium fact."}])
-    market.release_publish(user=expert, pack=pack, version="1.0.0")
+    pack = market.pack_create(
+        actor=Subject(user=expert), publisher=pub, slug="paid", title="Paid", price_cents=500
+    )
+    market.pack_add_memories(actor=Subject(user=expert), pack=pack, items=[{"text": "Premium fact."}])
+    market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
     resp = api_for(alice).post("/api/v1/marketplace/packs/acme/paid/install", {}, format="json")
     assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_required"
     assert not Installation.objects.exists()
@@ -101,16 +110,16 @@ def test_catalog_lists_packs(released_pack, alice, api_for):
 
 def test_publishing_is_refused_while_pii_findings_remain(publisher):
     expert, pub = publisher
-    pack = market.pack_create(user=expert, publisher=pub, slug="leaky", title="Leaky")
+    pack = market.pack_create(actor=Subject(user=expert), publisher=pub, slug="leaky", title="Leaky")
     market.pack_add_memories(
-        user=expert,
+        actor=Subject(user=expert),
         pack=pack,
         items=[
             {"text": "Write to jane.doe@northwind-traders.com or call +44 7700 900123 for the spreadsheet."}
         ],
     )
     with pytest.raises(Exception, match="personal-data") as exc:
-        market.release_publish(user=expert, pack=pack, version="1.0.0")
+        market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
     assert exc.value.code == "pii_unresolved"
     assert not pack.releases.exists()
 
@@ -120,9 +129,9 @@ def test_leaked_installation_text_is_attributed_to_its_installer(
 ):
     """End to end: two users install; text leaked from alice's copy names alice's installation."""
     expert, pub = publisher
-    pack = market.pack_create(user=expert, publisher=pub, slug="guide", title="Guide")
+    pack = market.pack_create(actor=Subject(user=expert), publisher=pub, slug="guide", title="Guide")
     market.pack_add_memories(
-        user=expert,
+        actor=Subject(user=expert),
         pack=pack,
         items=[
             {"text": t}
@@ -135,7 +144,7 @@ def test_leaked_installation_text_is_attributed_to_its_installer(
             )
         ],
     )
-    market.release_publish(user=expert, pack=pack, version="1.0.0")
+    market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
     installs = {
         u.username: api_for(u).post("/api/v1/marketplace/packs/acme/guide/install", {}, format="json").json()
         for u in (alice, bob)
@@ -152,3 +161,73 @@ def test_leaked_installation_text_is_attributed_to_its_installer(
     alice_wm = Installation.objects.get(user=alice, release__pack=pack).watermark_id
     assert body["accused"] and body["installation_id"] == alice_wm
     assert body["adjusted_p_value"] < 0.001
+
+
+# --- the caller's Subject (scopes, purpose) holds all the way down ------------------------------------
+
+
+def test_marketplace_endpoints_need_the_marketplace_scope(released_pack, alice, api_for):
+    client = api_for(alice, scopes=["memories:read", "memories:write"])
+    for resp in (
+        client.get("/api/v1/marketplace/packs"),
+        client.get("/api/v1/marketplace/packs/acme/tips"),
+        client.post("/api/v1/marketplace/packs/acme/tips/install", {}, format="json"),
+        client.get("/api/v1/marketplace/installations"),
+    ):
+        assert resp.status_code == 403, resp.content
+        assert "'marketplace' scope" in resp.json()["error"]["message"]
+    assert not Installation.objects.exists()
+
+
+def test_services_refuse_a_subject_without_the_marketplace_scope(publisher, released_pack, alice):
+    expert, pub = publisher
+    _pack, release = released_pack
+    no_market = frozenset({"memories:read", "memories:write"})
+    with pytest.raises(PermissionDenied, match="'marketplace' scope"):
+        market.pack_install(actor=Subject(user=alice, scopes=no_market), release=release)
+    with pytest.raises(PermissionDenied, match="'marketplace' scope"):
+        market.pack_create(actor=Subject(user=expert, scopes=no_market), publisher=pub, slug="x", title="X")
+    assert not Installation.objects.exists() and pub.packs.count() == 1
+
+
+def test_publishing_with_a_token_lacking_memories_write_is_refused(publisher):
+    expert, pub = publisher
+    pack = market.pack_create(actor=Subject(user=expert), publisher=pub, slug="ro", title="Read-only")
+    read_only = Subject(user=expert, scopes=frozenset({"marketplace", "memories:read"}))
+    with pytest.raises(PermissionDenied, match="'memories:write' scope"):
+        market.pack_add_memories(actor=read_only, pack=pack, items=[{"text": "Planted."}])
+    assert not MemCube.objects.filter(tags__contains=["pack:ro"]).exists()
+
+
+def test_only_org_admins_register_a_publisher(make_user, alice):
+    expert = make_user("expert")
+    org = accounts.organization_create(owner=expert, slug="globex")
+    with pytest.raises(NotFound):
+        market.publisher_create(actor=Subject(user=alice), organization=org, slug="globex")
+    assert not Publisher.objects.filter(slug="globex").exists()
+
+
+def test_install_audit_keeps_the_tokens_purpose(released_pack, alice, api_for):
+    client = api_for(alice, scopes=["marketplace", "memories:read"])
+    resp = client.post(
+        "/api/v1/marketplace/packs/acme/tips/install", {}, format="json", HTTP_X_MEMHUB_PURPOSE="onboarding"
+    )
+    assert resp.status_code == 201, resp.json()
+    event = AuditEvent.objects.filter(operation="pack.install").latest("at")
+    assert event.details["purpose"] == "onboarding" and event.details["token"]
+
+
+def test_a_memory_erased_after_release_is_not_installed_from_that_release(publisher, released_pack, alice):
+    from vault.services import memory_purge
+
+    expert, _ = publisher
+    _pack, release = released_pack
+    erased = MemCube.objects.get(namespace__key="publisher:acme", text="Tip two.")
+    memory_purge(actor=Subject(user=expert), cube_id=erased.pk, reason="erasure request")
+
+    installation = market.pack_install(actor=Subject(user=alice), release=release)
+
+    copies = MemCube.objects.filter(namespace=installation.namespace)
+    assert not copies.filter(provenance_id=erased.provenance_id).exists()
+    assert copies.filter(text__contains="Tip one").exists()
+    assert not copies.filter(text__contains="[erased]").exists()

@@ -49,7 +49,8 @@ def test_org_roles_decide_access(alice, bob, make_user, api_for):
     carol = make_user("carol")
     a = api_for(alice)
     a.post("/api/v1/orgs", {"slug": "acme"}, format="json")
-    a.post("/api/v1/orgs/acme/members", {"username": "bob", "role": "viewer"}, format="json")
+    inv = a.post("/api/v1/orgs/acme/invitations", {"username": "bob", "role": "viewer"}, format="json").json()
+    api_for(bob).post(f"/api/v1/invitations/{inv['id']}/accept")
     m = a.post("/api/v1/memories", {"namespace": "org:acme", "text": "org knowledge"}, format="json").json()
     b = api_for(bob)
     assert b.get(f"/api/v1/memories/{m['id']}").status_code == 200  # viewers read

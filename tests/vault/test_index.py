@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,22 @@ from django.conf import settings
 
 from vault.embedding import Embedder, build_embedder
 from vault.index import (
+    FUSIONS,
+    MAX_TAG_LEN,
     IndexDoc,
     IndexFilter,
     IndexHit,
+    IndexValueError,
     SearchTuning,
     VectorIndex,
     build_filter_expr,
+    check_doc,
     expand_lexical_scores,
     fuse,
+    label_problem,
     lexical_query,
     lexical_text,
+    moment_problem,
 )
 
 PREFIX = f"t_index_{uuid.uuid4().hex[:8]}"
@@ -442,8 +449,27 @@ def test_lexical_analysis_drops_stop_words_and_stems() -> None:
     assert lexical_text(d) == "paint sunris 8 may 2023"
 
 
-def test_weighted_fusion_normalises_each_route() -> None:
-    fused = dict(fuse({"a": 0.9, "b": 0.5}, {"b": 12.0, "c": 3.0}, fusion="weighted", dense_weight=0.4))
+def test_weighted_fusion_sums_calibrated_route_scores() -> None:
+    fused = dict(
+        fuse({"a": 0.9, "b": 0.5}, {"b": 12.0, "c": 4.0}, fusion="weighted", dense_weight=0.4, bm25_half=4.0)
+    )
+    assert fused["a"] == pytest.approx(0.4 * 0.9)
+    assert fused["b"] == pytest.approx(0.4 * 0.5 + 0.6 * 12 / 16)
+    assert fused["c"] == pytest.approx(0.6 * 0.5)  # BM25 equal to bm25_half counts one half
+
+
+def test_weighted_scores_do_not_depend_on_the_other_candidates() -> None:
+    """Comparable across queries: a hit's score is its own evidence, not its place among the others."""
+    alone = dict(fuse({"a": 0.3}, {"a": 2.0}, fusion="weighted"))["a"]
+    crowded = dict(fuse({"a": 0.3, "b": 0.9, "c": 0.1}, {"a": 2.0, "b": 30.0}, fusion="weighted"))["a"]
+    assert alone == pytest.approx(crowded) and 0 < alone < 0.5
+    best_of_weak = fuse({"x": 0.12, "y": 0.05}, {}, fusion="weighted")[0][1]
+    assert best_of_weak < 0.1  # the best of a query nothing answers is not 1.0
+    assert all(0 <= s <= 1 for _, s in fuse({"a": 1.0, "b": -0.2}, {"a": 1e6}, fusion="weighted"))
+
+
+def test_minmax_fusion_normalises_each_route() -> None:
+    fused = dict(fuse({"a": 0.9, "b": 0.5}, {"b": 12.0, "c": 3.0}, fusion="minmax", dense_weight=0.4))
     assert fused["a"] == pytest.approx(0.4)
     assert fused["b"] == pytest.approx(0.6)
     assert fused["c"] == pytest.approx(0.0)
@@ -456,8 +482,10 @@ def test_rrf_fusion_rewards_agreement() -> None:
 
 
 def test_fusion_of_single_candidates_and_ties() -> None:
-    assert fuse({"a": 0.3}, {}, fusion="weighted", dense_weight=0.4) == [("a", pytest.approx(0.4))]
-    assert [k for k, _ in fuse({"b": 0.5, "a": 0.5}, {}, fusion="weighted")] == ["a", "b"]
+    assert fuse({"a": 0.3}, {}, fusion="minmax", dense_weight=0.4) == [("a", pytest.approx(0.4))]
+    assert fuse({"a": 0.3}, {}, fusion="weighted", dense_weight=0.4) == [("a", pytest.approx(0.12))]
+    for fusion in [f for f in FUSIONS if f != "rrf"]:  # rrf ranks, so it has no ties to break
+        assert [k for k, _ in fuse({"b": 0.5, "a": 0.5}, {}, fusion=fusion)] == ["a", "b"]
 
 
 def test_feedback_expansion_lifts_candidates_that_share_the_best_answers_terms() -> None:
@@ -493,3 +521,38 @@ def test_memories_without_text_are_indexed_and_filterable(index: VectorIndex) ->
     assert index.count() == 1
     flt = IndexFilter(namespaces=[NS_A], kinds=["activation"])
     assert ids(index.search(query="anything", filters=flt, mode="hybrid")) == {blob.id}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"tags": ["a\tb"]}, "tag"),
+        ({"tags": ["new\nline"]}, "tag"),
+        ({"semantic_type": "x\x1by"}, "semantic_type"),
+        ({"semantic_type": "s" * 65}, "semantic_type"),
+        ({"valid_from_ts": -1}, "valid_from_ts"),
+        ({"valid_to_ts": -86_400}, "valid_to_ts"),
+    ],
+)
+def test_refused_values_name_their_field(fields: dict, field: str) -> None:
+    with pytest.raises(IndexValueError) as err:
+        check_doc(doc("a memory", **fields))
+    assert err.value.field == field
+
+
+def test_the_apis_rules_are_the_indexs_rules() -> None:
+    assert label_problem("fine label", MAX_TAG_LEN) is None
+    assert "control" in (label_problem("a\tb", MAX_TAG_LEN) or "")
+    assert "longer" in (label_problem("x" * (MAX_TAG_LEN + 1), MAX_TAG_LEN) or "")
+    assert moment_problem(datetime(1970, 1, 1, tzinfo=UTC)) is None
+    assert moment_problem(datetime(1969, 12, 31, 23, 59, tzinfo=UTC))
+
+
+def test_settle_keeps_every_document_searchable(index: VectorIndex) -> None:
+    docs = [doc(f"note {i} about the harbour ferry timetable") for i in range(30)]
+    index.upsert(docs)
+    index.settle()
+    flt = IndexFilter(namespaces=[NS_A])
+    first = index.search(query="harbour ferry", filters=flt, top_k=30)
+    assert ids(first) == {d.id for d in docs}
+    assert index.search(query="harbour ferry", filters=flt, top_k=30) == first

@@ -192,3 +192,67 @@ def test_read_only_token_cannot_write(alice, api_for):
     resp = create(api_for(alice, scopes=["memories:read"]))
     assert resp.status_code == 403 and "memories:write" in resp.json()["error"]["message"]
     assert MemCube.objects.count() == 0
+
+
+def test_provenance_id_is_the_servers(alice, bob, api_for):
+    # given bob's memory, alice cannot attach her text to bob's provenance, one by one or in a batch
+    bobs = create(api_for(bob), namespace="user:bob", text="bob's original").json()
+    client = api_for(alice)
+    single = create(client, provenance_id=bobs["provenance_id"])
+    assert single.status_code == 400 and "provenance_id" in single.json()["error"]["message"]
+    batch = client.post(
+        "/api/v1/memories/batch",
+        {
+            "namespace": "user:alice",
+            "memories": [{"text": "a"}, {"text": "b", "provenance_id": bobs["provenance_id"]}],
+        },
+        format="json",
+    )
+    assert batch.status_code == 400 and "Item 1" in batch.json()["error"]["message"]
+    assert MemCube.objects.filter(provenance_id=bobs["provenance_id"]).count() == 1
+    assert MemCube.objects.filter(owner=alice).count() == 0
+    # the server assigns one: fresh for every memory
+    made = create(client).json()
+    assert made["provenance_id"] not in (bobs["provenance_id"], None)
+
+
+def test_acl_grant_to_an_unknown_user_answers_like_a_known_one(alice, bob, make_user, api_for):
+    client = api_for(alice)
+    m = create(client).json()
+    acl = f"/api/v1/memories/{m['id']}/acl"
+    known = client.post(acl, {"user": "bob", "permission": "read"}, format="json")
+    unknown = client.post(acl, {"user": "nobody-here", "permission": "read"}, format="json")
+    # the same status, and entries of the same shape, in the answer and in the listing
+    assert known.status_code == unknown.status_code == 201
+    listing = client.get(acl).json()
+    assert (
+        listing
+        == unknown.json()
+        == [
+            {"principal": "user:bob", "permission": "read"},
+            {"principal": "user:nobody-here", "permission": "read"},
+        ]
+    )
+    shown = client.get(f"/api/v1/memories/{m['id']}").json()["acl"]
+    assert shown == listing
+    # revoking either answers alike; revoking what was never granted is 404 for both
+    assert client.delete(f"{acl}?user=nobody-here").status_code == 204
+    assert client.delete(f"{acl}?user=bob").status_code == 204
+    assert (
+        client.delete(f"{acl}?user=bob").status_code == client.delete(f"{acl}?user=ghost").status_code == 404
+    )
+
+
+def test_acl_grant_kept_under_an_unknown_name_grants_nothing_later(alice, make_user, api_for):
+    client = api_for(alice)
+    m = create(client).json()
+    client.post(f"/api/v1/memories/{m['id']}/acl", {"user": "mallory", "permission": "write"}, format="json")
+    # an account registered later under that name gets nothing from it
+    mallory = make_user("mallory")
+    assert api_for(mallory).get(f"/api/v1/memories/{m['id']}").status_code == 404
+    # granting again, now that the account exists, gives it the memory (one entry, not two)
+    client.post(f"/api/v1/memories/{m['id']}/acl", {"user": "mallory", "permission": "read"}, format="json")
+    assert client.get(f"/api/v1/memories/{m['id']}/acl").json() == [
+        {"principal": "user:mallory", "permission": "read"}
+    ]
+    assert api_for(mallory).get(f"/api/v1/memories/{m['id']}").status_code == 200

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from governance.policy import Subject
 from vault import services
 from vault.index import get_index, reset_index_cache
-from vault.models import IndexOutbox
+from vault.models import IndexOutbox, MemCube
 from vault.selectors import memory_search
 
 pytestmark = pytest.mark.django_db
@@ -25,13 +25,28 @@ def test_index_outage_leaves_rows_pending_with_the_error(alice, settings, capsys
     services.memory_create(actor=Subject(user=alice), namespace_key="user:alice", data={"text": "a fact"})
     settings.MILVUS_URI = "http://127.0.0.1:9"  # nothing listens there
     reset_index_cache()
-    with pytest.raises(Exception):  # noqa: B017 - any connection error
-        services.index_outbox_process()
+    assert services.index_outbox_process() == 0  # no exception: the row waits for its next attempt
     row = IndexOutbox.objects.get()
     assert row.processed_at is None and row.attempts == 1 and row.last_error
+    assert row.next_attempt_at is not None and row.dead_lettered_at is None
     call_command("vault_status")
     report = json.loads(capsys.readouterr().out)
-    assert report["pending"] == 1 and report["last_error"]
+    assert report["pending"] == 1 and report["waiting_retry"] == 1 and report["last_error"]
+    assert report["dead_letters"] == 0
+
+
+def test_reindex_skips_a_poison_memory_and_queues_it(alice, index_now):
+    subject = Subject(user=alice)
+    good, bad = services.memory_create_batch(
+        actor=subject,
+        namespace_key="user:alice",
+        items=[{"text": "Oslo is cold."}, {"text": "Bergen is wet."}],
+    )
+    index_now()
+    MemCube.objects.filter(pk=bad.pk).update(tags=["tab\there"])
+    assert services.vault_reindex() >= 1
+    assert IndexOutbox.objects.filter(cube_id=bad.id, processed_at__isnull=True).exists()
+    assert not IndexOutbox.objects.filter(cube_id=good.id, processed_at__isnull=True).exists()
 
 
 def test_reindex_rebuilds_from_the_database(alice, milvus_uri, settings):

@@ -124,3 +124,86 @@ def test_filter_values_cannot_inject_into_the_index_expression(alice_memories):
     assert resp.status_code in (200, 400)
     if resp.status_code == 200:
         assert resp.json()["results"] == []
+
+
+# --- canaries ----------------------------------------------------------------------------------------
+
+CANARY = "Bianca keeps the spare thermos for the tram depot behind the ticket office."
+
+
+@pytest.fixture
+def with_canary(alice, api_for, index_now):
+    from accounts.models import Namespace
+    from governance.policy import Subject
+    from vault import services
+
+    cubes = services.memory_import_batch(
+        actor=Subject(user=alice),
+        namespace=Namespace.objects.get(key="user:alice"),
+        items=[
+            {"text": CANARY, "canary": True},
+            {"text": "The tram depot opens at six in the morning."},
+            {"text": "A thermos keeps tea hot for the whole tram shift."},
+            {"text": "Bianca drives the night tram to the depot."},
+        ],
+    )
+    index_now()
+    return api_for(alice), cubes
+
+
+def test_canaries_are_never_returned_and_top_k_is_still_filled(with_canary):
+    client, (canary, *others) = with_canary
+    assert canary.is_canary and not any(c.is_canary for c in others)
+    for mode in ("hybrid", "dense", "sparse"):
+        results = search(client, query=CANARY, top_k=3, mode=mode).json()["results"]
+        assert CANARY not in [r["memory"]["text"] for r in results], mode
+        assert len(results) == 3, mode
+
+
+def test_a_canary_left_in_the_index_is_still_dropped_by_the_database(with_canary):
+    """A canary indexed before the flag existed (or by an old worker) is filtered out, top_k kept."""
+    from vault.index import get_index
+    from vault.services import index_doc_for
+
+    client, (canary, *_) = with_canary
+    assert get_index().get([str(canary.id)]) == []  # never indexed in the first place
+    get_index().upsert([index_doc_for(canary)])
+    results = search(client, query=CANARY, top_k=3).json()["results"]
+    assert CANARY not in [r["memory"]["text"] for r in results] and len(results) == 3
+
+
+def test_canaries_travel_in_bulk_copies_without_showing_the_flag(with_canary):
+    client, _ = with_canary
+    listed = client.get("/api/v1/memories", {"namespace": "user:alice"}).json()["results"]
+    assert CANARY in [m["text"] for m in listed]
+    assert all("is_canary" not in m and "canary" not in m for m in listed)
+
+
+# --- scores --------------------------------------------------------------------------------------------
+
+
+def test_scores_are_comparable_across_queries_not_one_per_query(alice_memories):
+    client, _ = alice_memories
+    strong = search(client, query="outage ticket INC-48213", top_k=3).json()["results"]
+    weak = search(client, query="zebra crossings mars", top_k=3).json()["results"]
+    assert strong and weak
+    for r in strong + weak:
+        assert 0.0 <= r["score"] <= 1.0
+    assert "INC-48213" in strong[0]["memory"]["text"]
+    # a query nothing answers is not given a perfect best hit: its best scores a fraction of a real match
+    assert weak[0]["score"] < 0.1 and strong[0]["score"] > 0.3, (weak[0]["score"], strong[0]["score"])
+
+
+def test_min_score_drops_weak_hits(alice_memories):
+    client, _ = alice_memories
+    assert search(client, query="zebra crossings mars", min_score=0.2).json()["results"] == []
+    kept = search(client, query="outage ticket INC-48213", min_score=0.2).json()["results"]
+    assert kept and all(r["score"] >= 0.2 for r in kept)
+    assert "INC-48213" in kept[0]["memory"]["text"]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "high", None])
+def test_bad_min_score_is_a_400(alice, api_for, value):
+    resp = search(api_for(alice), query="x", min_score=value)
+    assert resp.status_code == 400, resp.json()
+    assert "min_score" in resp.json()["error"]["fields"]
