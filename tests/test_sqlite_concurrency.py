@@ -4,16 +4,13 @@ locked"; with WAL, BEGIN IMMEDIATE and a busy timeout none may fail."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.django_scripts import clean_env, result, start
 
 WRITER = """
 import json, sys, django
@@ -83,52 +80,31 @@ print(json.dumps({"cubes": MemCube.objects.count(), "journal_mode": mode}))
 
 
 def _env(tmp_path: Path, milvus_uri: str) -> dict[str, str]:
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))
-    }
-    return {
-        **clean,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "MEMHUB_DATA_DIR": str(tmp_path),
-        "MEMHUB_EMBEDDING_CACHE_DIR": str(settings.EMBEDDING_CACHE_DIR),
-        "MILVUS_URI": milvus_uri,
-        "MILVUS_COLLECTION_PREFIX": f"sqlite_conc_{os.getpid()}",
-        "CELERY_BROKER_URL": "memory://",
-        "CELERY_BROKER_TRANSPORT_OPTIONS": "{}",
-    }
-
-
-def _run(code: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return clean_env(
+        DJANGO_SETTINGS_MODULE="config.settings.local",
+        MEMHUB_DATA_DIR=str(tmp_path),
+        MEMHUB_EMBEDDING_CACHE_DIR=str(settings.EMBEDDING_CACHE_DIR),
+        MILVUS_URI=milvus_uri,
+        MILVUS_COLLECTION_PREFIX=f"sqlite_conc_{os.getpid()}",
+        CELERY_BROKER_URL="memory://",
+        CELERY_BROKER_TRANSPORT_OPTIONS="{}",
     )
-
-
-def _result(proc: subprocess.Popen[str]) -> dict:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_two_writer_processes_and_the_outbox_worker_never_hit_database_is_locked(tmp_path, milvus_uri):
     env = _env(tmp_path, milvus_uri)
-    _result(_run(SETUP, env))
+    result(start(SETUP, env))
     stop = tmp_path / "stop"
-    drainer = _run(DRAINER, env, str(stop))
-    writers = [_run(WRITER, env, name, "150") for name in ("writer-a", "writer-b")]
-    results = [_result(w) for w in writers]
+    drainer = start(DRAINER, env, str(stop))
+    writers = [start(WRITER, env, name, "150") for name in ("writer-a", "writer-b")]
+    results = [result(w) for w in writers]
     stop.touch()
-    drained = _result(drainer)
+    drained = result(drainer)
 
     for r in results:
         assert r["error_count"] == 0, r["errors"]
         assert r["done"] == 150
     assert drained["error_count"] == 0, drained["errors"]
-    counted = _result(_run(COUNT, env))
+    counted = result(start(COUNT, env))
     assert counted == {"cubes": 300, "journal_mode": "wal"}

@@ -28,6 +28,7 @@ from vault.models import (
     MemCube,
     MemCubeGrant,
     MemCubeVersion,
+    MemoryContent,
     MemoryKind,
     MemoryState,
     VersionOperation,
@@ -370,14 +371,20 @@ def _scrub_versions(cube: MemCube, *, values: list[str]) -> list[str]:
         if after == before:
             continue
         changed_hashes.append(row.content_sha256)
-        for f, v in after.items():
-            setattr(row, f, v)
-        row.content_sha256 = content_hash(kind=row.kind, text=row.text, blob_sha256=row.blob_sha256)
-        if isinstance(row, MemCube):
-            MemCube.objects.filter(pk=row.pk).update(content_sha256=row.content_sha256, **after)
-        else:
-            row.save(update_fields=[*_SCRUBBED_FIELDS, "content_sha256"])
+        _rewrite_in_place(row, after)
     return changed_hashes
+
+
+def _rewrite_in_place(row: MemoryContent, fields: dict[str, Any]) -> None:
+    """Overwrite fields of a version (or the head row) where it stands, with its content hash: erasure
+    is the one write that changes history instead of adding to it."""
+    for f, v in fields.items():
+        setattr(row, f, v)
+    row.content_sha256 = content_hash(kind=row.kind, text=row.text, blob_sha256=row.blob_sha256)
+    if isinstance(row, MemCube):
+        MemCube.objects.filter(pk=row.pk).update(content_sha256=row.content_sha256, **fields)
+    else:
+        row.save(update_fields=[*fields, "content_sha256"])
 
 
 def _erase_versions(cube: MemCube) -> list[dict[str, Any]]:
@@ -430,13 +437,7 @@ def _scrub_merged(merged: MemCube, *, quoted: _Quoted, purged_id: str) -> list[s
         if all(after[f] == before[f] for f in after):
             continue
         changed.append(row.content_sha256)
-        for f, v in after.items():
-            setattr(row, f, v)
-        row.content_sha256 = content_hash(kind=row.kind, text=row.text, blob_sha256=row.blob_sha256)
-        if isinstance(row, MemCube):
-            MemCube.objects.filter(pk=row.pk).update(content_sha256=row.content_sha256, **after)
-        else:
-            row.save(update_fields=[*after, "content_sha256"])
+        _rewrite_in_place(row, after)
     return changed
 
 

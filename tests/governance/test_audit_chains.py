@@ -5,21 +5,15 @@ chain without gaps or forks."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
 
 from governance.audit import audit_record, audit_verify
 from governance.models import AuditChainHead, AuditEvent
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.django_scripts import clean_env, result, start
 
 
 def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
@@ -164,40 +158,19 @@ print(json.dumps({"broken": str(broken) if broken else None, "shared": seqs}))
 """
 
 
-def _run(code: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _result(proc: subprocess.Popen[str]) -> dict:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_two_processes_on_sqlite_never_write_the_same_position(tmp_path):
     """The embedded default: the web process and the worker share one SQLite file and one chain."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))
-    }
-    env = {
-        **clean,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "MEMHUB_DATA_DIR": str(tmp_path),
-        "CELERY_BROKER_URL": "memory://",
-        "MILVUS_URI": "http://127.0.0.1:9",
-    }
-    _result(_run(SETUP, env))
-    writers = [_run(WRITER, env, name, "60") for name in ("proc-a", "proc-b")]
+    env = clean_env(
+        DJANGO_SETTINGS_MODULE="config.settings.local",
+        MEMHUB_DATA_DIR=str(tmp_path),
+        CELERY_BROKER_URL="memory://",
+        MILVUS_URI="http://127.0.0.1:9",
+    )
+    result(start(SETUP, env))
+    writers = [start(WRITER, env, name, "60") for name in ("proc-a", "proc-b")]
     for writer in writers:
-        result = _result(writer)
-        assert result["error_count"] == 0, result["errors"]
-    checked = _result(_run(CHECK, env))
+        written = result(writer)
+        assert written["error_count"] == 0, written["errors"]
+    checked = result(start(CHECK, env))
     assert checked == {"broken": None, "shared": list(range(1, 121))}

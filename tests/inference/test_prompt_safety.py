@@ -265,7 +265,10 @@ def test_distillation_trains_on_no_canary_and_no_format_characters(installed_pac
 
     namespace = installed_pack.namespace
     assert MemCube.objects.filter(namespace=namespace, is_canary=True).count() >= 1
-    # The installation's copies carry the zero-width watermark; the training text does not.
+    # The installation's copies carry format characters (the zero-width watermark marks about one word in
+    # ten, chosen by a keyed hash, so make sure one copy has some); the training text does not.
+    copy = MemCube.objects.filter(namespace=namespace, is_canary=False).first()
+    MemCube.objects.filter(pk=copy.pk).update(text=copy.text.replace(" ", " \u200b\u2060", 1) + "\u202e")
     assert any(has_format_characters(c.text) for c in MemCube.objects.filter(namespace=namespace))
     text = distillation_text(pack_memories(namespace=namespace))
     assert "Ferry timetable" in text and "Port Elin to Tarsk" in text  # the pack's own memories
