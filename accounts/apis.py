@@ -13,7 +13,7 @@ from accounts.models import ALL_SCOPES, ApiToken, NamespaceKind, Organization, R
 from accounts.scopes import SCOPED_PERMISSIONS, request_scopes
 from core.errors import NotFound
 from core.requests import current_user
-from core.serializers import StrictSerializer
+from core.serializers import InstantField, StrictSerializer
 from governance.policy import Subject, namespace_actions
 from vault.selectors import namespaces_readable
 
@@ -232,7 +232,7 @@ class TokenListCreateApi(AccountApi):
         scopes = serializers.ListField(
             child=serializers.ChoiceField(choices=ALL_SCOPES), required=False, allow_empty=False
         )
-        expires_at = serializers.DateTimeField(required=False)
+        expires_at = InstantField(required=False)
 
     @extend_schema(responses=TokenOutput(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:

@@ -53,3 +53,16 @@ def validated(serializer_cls: type[serializers.Serializer], data: Any, **kwargs:
     s = serializer_cls(data=data, **kwargs)
     s.is_valid(raise_exception=True)
     return dict(s.validated_data)
+
+
+class InstantField(serializers.DateTimeField):
+    """An ISO-8601 date-time input. DRF's field lets an instant that exists in its own offset but not in
+    UTC (0001-01-01T00:00:00+05:00) escape as an OverflowError, a 500; here it is a 400 on the field."""
+
+    def to_internal_value(self, value: Any) -> Any:
+        try:
+            return super().to_internal_value(value)
+        except OverflowError:
+            raise serializers.ValidationError(
+                "Date-time out of range: it must fall between years 1 and 9999 in UTC."
+            ) from None

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.pagination import CursorlessPagination, paginated, paginated_response
-from core.serializers import StrictCharField, StrictSerializer, validated
+from core.serializers import InstantField, StrictCharField, StrictSerializer, validated
 from core.throttling import throttles
 from governance import pii, selectors, timemachine, watermarking
 from governance.policy import Subject
@@ -153,7 +153,7 @@ class SnapshotListCreateApi(APIView):
             required=False,
             error_messages={"invalid": "Use letters, digits, '.', '_', ':' or '-' (at most 120)."},
         )
-        at = serializers.DateTimeField(required=False)
+        at = InstantField(required=False)
 
     @extend_schema_serializer(component_name="SnapshotListCreateFilterInput")
     class FilterInput(StrictSerializer):
@@ -258,7 +258,7 @@ class RollbackApi(APIView):
     class Input(StrictSerializer):
         namespace = serializers.CharField(max_length=160)
         snapshot = serializers.UUIDField(required=False)
-        at = serializers.DateTimeField(required=False)
+        at = InstantField(required=False)
         reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
         dry_run = serializers.BooleanField(required=False, default=False)
 

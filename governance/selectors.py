@@ -12,12 +12,11 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
-from django.utils.dateparse import parse_datetime
-from django.utils.timezone import is_naive, make_aware
 
 from accounts.models import Namespace
 from core.errors import ApplicationError, NotFound, PermissionDenied
 from core.exceptions import deny_target
+from core.timeparse import parse_instant
 from governance.models import AuditEvent
 from governance.policy import Action, Subject, audit_visible_q, namespace_actions
 from vault.models import MemoryKind
@@ -52,12 +51,12 @@ class AuditFilter:
 
 
 def _when(name: str, raw: str) -> datetime:
-    parsed = parse_datetime(raw)
+    parsed = parse_instant(raw)
     if parsed is None:
         raise ApplicationError(
             f"'{name}' must be an ISO-8601 date-time, e.g. 2024-05-01T00:00:00Z.", code="invalid_filter"
         )
-    return make_aware(parsed) if is_naive(parsed) else parsed
+    return parsed
 
 
 def audit_filter_parse(

@@ -17,10 +17,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from accounts.models import Namespace
 from core.errors import ApplicationError, Conflict, NotFound
+from core.timeparse import parse_instant
 from governance.audit import audit_record
 from governance.models import Snapshot, SnapshotEntry
 from governance.policy import Action, Subject, authorize
@@ -75,7 +75,7 @@ def point_parse(*, namespace: Namespace, raw: str | None, name: str) -> Point:
     try:
         snapshot_id = uuid.UUID(raw)
     except ValueError:
-        parsed = parse_datetime(raw)
+        parsed = parse_instant(raw)
         if parsed is None:
             raise ApplicationError(
                 f"'{name}' must be 'now', a snapshot id or an ISO-8601 date-time.", code="invalid_point"

@@ -46,6 +46,13 @@ class Pack(models.Model):
     def __str__(self) -> str:
         return f"{self.publisher.slug}/{self.slug}"
 
+    @property
+    def price_display(self) -> str:
+        """The price as a buyer reads it: 'free', or the amount in major units with the currency."""
+        if not self.price_cents:
+            return "free"
+        return f"{self.price_cents / 100:.2f} {self.currency.upper()}"
+
 
 class PackRelease(models.Model):
     """Immutable once created: the manifest lists every memory version and its content hash."""

@@ -17,7 +17,7 @@ from accounts.models import Role
 from accounts.scopes import ScopeRequired
 from core.errors import ApplicationError
 from core.pagination import CursorlessPagination, page_parameters, paginated, paginated_response
-from core.serializers import BoundedJSONField, StrictCharField, StrictSerializer, validated
+from core.serializers import BoundedJSONField, InstantField, StrictCharField, StrictSerializer, validated
 from governance import lifecycle
 from governance.policy import Subject
 from vault import selectors, services
@@ -63,8 +63,8 @@ class MemoryFieldsInput(StrictSerializer):
     entities = serializers.ListField(
         child=serializers.CharField(max_length=200, validators=[_label(200)]), required=False, max_length=200
     )
-    valid_from = serializers.DateTimeField(required=False, allow_null=True, validators=[_indexable_moment])
-    valid_to = serializers.DateTimeField(required=False, allow_null=True, validators=[_indexable_moment])
+    valid_from = InstantField(required=False, allow_null=True, validators=[_indexable_moment])
+    valid_to = InstantField(required=False, allow_null=True, validators=[_indexable_moment])
     blob_uri = serializers.CharField(
         required=False, allow_blank=True, max_length=500, validators=[_label(500)]
     )
@@ -73,7 +73,7 @@ class MemoryFieldsInput(StrictSerializer):
         required=False, allow_blank=True, max_length=128, validators=[_label(128)]
     )
     blob_meta = BoundedJSONField(required=False, max_bytes=16384)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_at = InstantField(required=False, allow_null=True)
     priority = serializers.IntegerField(required=False, min_value=-100, max_value=100)
     sensitivity = serializers.ChoiceField(choices=Sensitivity.choices, required=False)
     licence = serializers.CharField(required=False, allow_blank=True, max_length=64, validators=[_label(64)])
@@ -275,7 +275,7 @@ class MemoryDetailApi(APIView):
     )
     def delete(self, request: Request, cube_id: str) -> Response:
         raw = request.query_params.get("expected_version")
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not (raw.isascii() and raw.isdigit()):
             raise ApplicationError("'expected_version' must be a positive integer.")
         services.memory_delete(
             actor=Subject.from_request(request),
@@ -495,7 +495,7 @@ class MemoryLifecycleApi(APIView):
         action = serializers.ChoiceField(choices=lifecycle.LIFECYCLE_ACTIONS)
         expected_version = serializers.IntegerField(min_value=1, required=False)
         reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
-        expires_at = serializers.DateTimeField(required=False, help_text="With `restore`: a new expiry.")
+        expires_at = InstantField(required=False, help_text="With `restore`: a new expiry.")
 
     @extend_schema(
         request=Input,

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.utils.dateparse import parse_datetime
-from django.utils.timezone import is_naive, make_aware
-
 from core.errors import ApplicationError
+from core.timeparse import parse_instant
 from vault.models import MemoryKind, MemoryState
 
 KNOWN_FILTERS = (
@@ -71,10 +69,10 @@ def _choice_list(name: str, value: Any, choices: list[str]) -> list[str]:
 
 
 def _when(name: str, value: Any) -> datetime:
-    parsed = parse_datetime(value) if isinstance(value, str) else None
+    parsed = parse_instant(value)
     if parsed is None:
         raise _bad(f"Filter '{name}' must be an ISO-8601 date-time, e.g. 2024-05-01T00:00:00Z.")
-    return make_aware(parsed) if is_naive(parsed) else parsed
+    return parsed
 
 
 def parse_filters(raw: Any) -> MemoryFilter:

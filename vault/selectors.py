@@ -248,7 +248,11 @@ def _index_filter(namespaces: list[Namespace], f: MemoryFilter, owner_ids: list[
 
 def _refused(exc: Any) -> ApplicationError:
     name = _SEARCH_INPUT_FOR.get(exc.field, exc.field)
-    return ApplicationError(f"'{name}': {exc}.", extra={"field": name}, code="invalid_filter")
+    if exc.field.endswith("_ts"):  # the index keeps epoch seconds; the caller gave a date
+        message = f"'{name}' must be 1970-01-01T00:00:00Z or later (the index's range)."
+    else:  # the index's message, in the caller's words
+        message = f"'{name}': {str(exc).replace(exc.field, 'value', 1)}."
+    return ApplicationError(message, extra={"field": name}, code="invalid_filter")
 
 
 def memory_search(

@@ -231,3 +231,11 @@ def test_a_memory_erased_after_release_is_not_installed_from_that_release(publis
     assert not copies.filter(provenance_id=erased.provenance_id).exists()
     assert copies.filter(text__contains="Tip one").exists()
     assert not copies.filter(text__contains="[erased]").exists()
+
+
+def test_prices_read_as_amounts_with_their_currency():
+    from marketplace.models import Pack
+
+    assert Pack(price_cents=0).price_display == "free"
+    assert Pack(price_cents=499).price_display == "4.99 USD"
+    assert Pack(price_cents=1000, currency="eur").price_display == "10.00 EUR"
