@@ -160,7 +160,8 @@ class OrgInvitationListCreateApi(AccountApi):
     @extend_schema(responses=InvitationOutput(many=True), tags=["accounts"])
     def get(self, request: Request, slug: str) -> Response:
         org = _org_for_member(current_user(request), slug)
-        return Response(InvitationOutput(selectors.invitation_list_for_org(organization=org), many=True).data)
+        pending = selectors.invitation_list_for_org(actor=current_user(request), organization=org)
+        return Response(InvitationOutput(pending, many=True).data)
 
     @extend_schema(
         request=OrgInvitationCreateInput,

@@ -5,7 +5,17 @@ import hashlib
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from accounts.models import ApiToken, Invitation, InvitationStatus, NamespaceJoin, Organization, User
+from accounts.models import (
+    ApiToken,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    NamespaceJoin,
+    Organization,
+    Role,
+    User,
+)
+from core.errors import PermissionDenied
 
 
 def token_hash(raw: str) -> str:
@@ -39,7 +49,15 @@ def invitation_list_received(*, user: User) -> QuerySet[Invitation]:
     )
 
 
-def invitation_list_for_org(*, organization: Organization) -> QuerySet[Invitation]:
+def invitation_list_for_org(*, actor: User, organization: Organization) -> QuerySet[Invitation]:
+    """Pending invitations of an organization: who is about to join is for its owners and admins."""
+    role = (
+        Membership.objects.filter(organization=organization, user=actor)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if role not in (Role.OWNER, Role.ADMIN):
+        raise PermissionDenied("Only the organization's owners and admins see its invitations.")
     return (
         Invitation.objects.filter(organization=organization, status=InvitationStatus.PENDING)
         .select_related("organization", "invitee", "invited_by")

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.views import healthz
+from frontend.auth_views import throttled_admin_login
 from mip_protocol.views import well_known
 
 api_v1 = [
@@ -13,6 +14,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("admin/login/", throttled_admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path(".well-known/mip", well_known, name="mip-well-known"),

@@ -46,7 +46,8 @@ def hit(*, bucket: str, keys: list[str]) -> float | None:
     now = time.time()
     window = int(now // period)
     wait: float | None = None
-    names = [f"{bucket}:{key}:{window}" for key in keys]
+    scope = getattr(settings, "MEMHUB_THROTTLE_NAMESPACE", "")  # instances sharing one Redis
+    names = [f"{scope}{bucket}:{key}:{window}" for key in keys]
     counts = cache.get_many(names)
     for name in names:
         if int(counts.get(name, 0)) >= limit:

@@ -277,7 +277,9 @@ def _denied_error(
     scope = SCOPE_FOR_ACTION[action]
     if not subject.has_scope(scope):
         return PermissionDenied(f"This API token lacks the '{scope}' scope.")
-    return PermissionDenied(f"You may not {action.value} {kind} {what}.")
+    # "You may not write this memory." / "You may not admin in namespace 'org:acme'."
+    target = kind if kind == "this memory" else f"in {what[:1].lower()}{what[1:]}"
+    return PermissionDenied(f"You may not {action.value} {target}.")
 
 
 def authorize(

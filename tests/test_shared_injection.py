@@ -141,3 +141,39 @@ def test_the_owner_of_a_shared_namespace_reads_it_without_joining(attack, api_fo
     planted, _own = attack
     resp, ids = search_ids(api_for(User.objects.get(username="mallory")))
     assert resp.status_code == 200 and planted["id"] in ids
+
+
+def test_a_per_memory_grant_cannot_push_memory_into_search_list_or_chat(
+    make_user, bob, api_for, index_now, settings
+):
+    # The same attack through an ACL grant instead of a shared namespace: mallory shares one memory with
+    # bob. He may open it by id, and find it when he asks for what was shared with him, never unasked.
+    settings.MEMHUB_MODEL_PATH = ""
+    mallory = make_user("mallory")
+    m, b = api_for(mallory), api_for(bob)
+    planted = m.post(
+        "/api/v1/memories", {"namespace": "user:mallory", "text": INJECTION}, format="json"
+    ).json()
+    assert (
+        m.post(
+            f"/api/v1/memories/{planted['id']}/acl", {"user": "bob", "permission": "read"}, format="json"
+        ).status_code
+        == 201
+    )
+    index_now()
+
+    search = b.post("/api/v1/memories/search", {"query": "when is the launch"}, format="json").json()
+    assert MARKER not in str(search)
+    assert MARKER not in str(b.get("/api/v1/memories").json())
+    chat = b.post(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "When is the launch?"}]},
+        format="json",
+    )
+    assert chat.status_code == 200 and MARKER not in chat.content.decode()
+
+    assert b.get(f"/api/v1/memories/{planted['id']}").status_code == 200
+    asked = b.post(
+        "/api/v1/memories/search", {"query": "when is the launch", "shared_with_me": True}, format="json"
+    ).json()
+    assert [h["memory"]["id"] for h in asked["results"]] == [planted["id"]]

@@ -140,6 +140,12 @@ class MemoryListCreateApi(APIView):
         valid_at = serializers.CharField(required=False)
         limit = serializers.IntegerField(required=False, min_value=1)
         offset = serializers.IntegerField(required=False, min_value=0)
+        shared_with_me = serializers.BooleanField(
+            required=False,
+            default=False,
+            help_text="Also include memories other users shared with you one by one (per-memory ACL). "
+            "They are left out by default: nobody can push memory into your results without you asking.",
+        )
 
     @extend_schema(
         parameters=[
@@ -156,6 +162,7 @@ class MemoryListCreateApi(APIView):
                 "valid_at",
             )
         ]
+        + [OpenApiParameter("shared_with_me", bool)]
         + page_parameters(),
         responses=paginated(MemoryOutput),
         tags=["memories"],
@@ -182,7 +189,12 @@ class MemoryListCreateApi(APIView):
         if q.get("tag"):
             filters["tags"] = {"all": q["tag"]}
         actor = Subject.from_request(request)
-        qs = selectors.memory_list(actor=actor, namespace_keys=q.get("namespace"), filters=filters)
+        qs = selectors.memory_list(
+            actor=actor,
+            namespace_keys=q.get("namespace"),
+            filters=filters,
+            shared_with_me=q.get("shared_with_me", False),
+        )
         paginator = CursorlessPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         services.memory_reads_record(actor=actor, cubes=page or [], operation="memory.list")
@@ -322,7 +334,13 @@ class MemoryHistoryApi(APIView):
 
 
 class MemoryProvenanceApi(APIView):
-    @extend_schema(responses=MemoryOutput(many=True), tags=["memories"])
+    @extend_schema_serializer(component_name="MemoryProvenanceOutput")
+    class Output(serializers.Serializer):
+        provenance_id = serializers.UUIDField()
+        origin = serializers.DictField(help_text="The oldest visible copy's `source` and `namespace`.")
+        memories = MemoryOutput(many=True)
+
+    @extend_schema(responses=Output, tags=["memories"])
     def get(self, request: Request, provenance_id: str) -> Response:
         actor = Subject.from_request(request)
         cubes = selectors.memory_provenance(actor=actor, provenance_id=provenance_id)
@@ -352,6 +370,12 @@ class MemorySearchApi(APIView):
             min_value=0.0,
             max_value=1.0,
             help_text="Drop hits scoring below this (scores lie in 0..1 and compare across queries).",
+        )
+        shared_with_me = serializers.BooleanField(
+            required=False,
+            default=False,
+            help_text="Also include memories other users shared with you one by one (per-memory ACL). "
+            "They are left out by default: nobody can push memory into your results without you asking.",
         )
 
     @extend_schema_serializer(component_name="MemorySearchHitOutput")
@@ -400,6 +424,7 @@ class MemorySearchApi(APIView):
             mode=d.get("mode"),
             dense_weight=d.get("dense_weight"),
             min_score=d.get("min_score"),
+            shared_with_me=d["shared_with_me"],
         )
         services.memory_reads_record(
             actor=actor,

@@ -136,12 +136,20 @@ def apply_filter(qs: QuerySet[MemCube], f: MemoryFilter) -> QuerySet[MemCube]:
 
 
 def memory_list(
-    *, actor: Subject, namespace_keys: list[str] | None = None, filters: dict[str, Any] | None = None
+    *,
+    actor: Subject,
+    namespace_keys: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    shared_with_me: bool = False,
 ) -> QuerySet[MemCube]:
+    """The caller's memories, newest first. Memories other users shared one by one (ACL) are included
+    only when asked for (`shared_with_me`): nobody can push memory into a user's lists unasked."""
     f = parse_filters(filters)
     qs = _visible(actor)
     if namespace_keys:
         qs = qs.filter(namespace__in=namespaces_resolve(actor=actor, keys=namespace_keys))
+    elif not shared_with_me:
+        qs = qs.filter(namespace__in=namespaces_readable(actor=actor))
     if not f.states:
         qs = qs.exclude(state=MemoryState.DELETED)
     elif MemoryState.DELETED in f.states:
@@ -182,7 +190,12 @@ def memory_history(*, actor: Subject, cube_id: Any) -> QuerySet[MemCubeVersion]:
 
 def memory_provenance(*, actor: Subject, provenance_id: Any) -> list[MemCube]:
     """Every memory the caller can read that descends from one origin (across versions and installs)."""
-    cubes = list(_visible(actor).filter(provenance_id=provenance_id).order_by("created_at"))
+    cubes = [
+        c
+        for c in _visible(actor).filter(provenance_id=provenance_id).order_by("created_at")
+        # deleted text is history: only for those who may write its namespace
+        if c.state != MemoryState.DELETED or history_visible(actor=actor, namespace=c.namespace)
+    ]
     if not cubes:
         raise NotFound("No memory with that provenance id is visible to you.")
     return cubes
@@ -265,6 +278,7 @@ def memory_search(
     mode: str | None = None,
     dense_weight: float | None = None,
     min_score: float | None = None,
+    shared_with_me: bool = False,
 ) -> SearchResponse:
     """Hybrid retrieval (dense + BM25 + metadata filters, fused) within what the caller may read.
 
@@ -293,7 +307,8 @@ def memory_search(
     namespaces = namespaces_resolve(actor=actor, keys=namespace_keys)
     # Memories shared by ACL live in namespaces the caller cannot read: search those partitions too and
     # let the database re-check below keep only the shared memories.
-    acl_namespaces = [] if namespace_keys else _acl_namespaces(actor, namespaces)
+    # Only when asked for: an ACL grant must not push memory into someone's results unasked.
+    acl_namespaces = _acl_namespaces(actor, namespaces) if shared_with_me and not namespace_keys else []
     owner_ids = _owner_ids(f.owners) if f.owners else None
     searched = namespaces + acl_namespaces
     index_filter = _index_filter(searched, f, owner_ids) if searched else None

@@ -141,6 +141,7 @@ REST_FRAMEWORK = {
 # Costly endpoints are limited per user and per token; 429 answers carry Retry-After. Counters live in
 # the "throttle" cache: Redis when REDIS_URL is set (shared by every web process), else process memory
 # (the embedded default runs one web process).
+MEMHUB_THROTTLE_NAMESPACE = env.str("MEMHUB_THROTTLE_NAMESPACE", default="")  # instances sharing a Redis
 MEMHUB_THROTTLE_RATES = {
     "chat": env.str("MEMHUB_THROTTLE_CHAT", default="60/min"),
     "pii_scan": env.str("MEMHUB_THROTTLE_PII_SCAN", default="20/min"),

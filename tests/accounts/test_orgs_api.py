@@ -262,3 +262,19 @@ def test_only_shared_namespaces_can_be_joined(alice, bob, api_for):
         resp = b.post("/api/v1/namespaces/joined", {"namespace": key}, format="json")
         assert resp.status_code == 404, key
     assert b.get("/api/v1/namespaces/joined").json() == []
+
+
+def test_only_owners_and_admins_see_who_is_invited(make_user, api_for):
+    from accounts import services as accounts
+
+    owner, viewer, _invitee = make_user("olga"), make_user("vic"), make_user("ivan")
+    org = accounts.organization_create(owner=owner, slug="vorg")
+    accounts.invitation_accept(
+        user=viewer,
+        invitation_id=accounts.invitation_create(actor=owner, org=org, username="vic", role="viewer").pk,
+    )
+    accounts.invitation_create(actor=owner, org=org, username="ivan", role="member")
+    listed = api_for(owner).get("/api/v1/orgs/vorg/invitations")
+    assert listed.status_code == 200 and [i["username"] for i in listed.json()] == ["ivan"]
+    refused = api_for(viewer).get("/api/v1/orgs/vorg/invitations")
+    assert refused.status_code == 403 and "owners and admins" in refused.json()["error"]["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.cache import caches
 
@@ -12,7 +14,10 @@ from core.throttling import hit, parse_rate
 def cache_keys_for(bucket: str, key: str) -> list[str]:
     import time
 
-    return [f"{bucket}:{key}:{int(time.time() // 60) + d}" for d in (-1, 0)]
+    from django.conf import settings
+
+    scope = settings.MEMHUB_THROTTLE_NAMESPACE
+    return [f"{scope}{bucket}:{key}:{int(time.time() // 60) + d}" for d in (-1, 0)]
 
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +25,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def low_rates(settings):  # type: ignore[no-untyped-def]
+    # Counters outlive a test in Redis: each test counts in a namespace of its own.
+    settings.MEMHUB_THROTTLE_NAMESPACE = f"{uuid.uuid4().hex}:"
     settings.MEMHUB_THROTTLE_RATES = {
         "chat": "2/min",
         "pii_scan": "2/min",
@@ -97,3 +104,10 @@ def test_hit_counts_nothing_once_over_the_limit(low_rates):
     assert hit(bucket="upload", keys=keys) is None
     wait = hit(bucket="upload", keys=keys)
     assert wait is not None and 1 <= wait <= 61
+
+
+def test_admin_sign_in_shares_the_login_limit(low_rates, client):
+    for _ in range(3):
+        assert client.post("/admin/login/", {"username": "root", "password": "guess"}).status_code == 200
+    resp = client.post("/admin/login/", {"username": "root", "password": "guess"})
+    assert resp.status_code == 429 and int(resp["Retry-After"]) >= 1

@@ -40,7 +40,10 @@ def test_read_grant_shares_one_memory_read_only(alices, bob, api_for):
     got = b.get(f"/api/v1/memories/{shared['id']}")
     assert got.status_code == 200 and got.json()["acl"] == [{"principal": "user:bob", "permission": "read"}]
     assert b.get(f"/api/v1/memories/{shared['id']}/history").status_code == 200
-    assert [m["id"] for m in b.get("/api/v1/memories").json()["results"]] == [shared["id"]]
+    # listed only when bob asks for what others shared with him: a grant cannot push memory on him
+    assert b.get("/api/v1/memories").json()["results"] == []
+    listed = b.get("/api/v1/memories?shared_with_me=true").json()["results"]
+    assert [m["id"] for m in listed] == [shared["id"]]
     assert b.get(f"/api/v1/memories/{private['id']}").status_code == 404
     # but the namespace itself stays closed to him
     assert b.get("/api/v1/memories?namespace=user:alice").status_code == 404
@@ -194,6 +197,10 @@ def test_search_finds_a_shared_memory_and_only_that(alices, bob, api_for, index_
     a, shared, _private = alices
     grant(a, shared["id"], user="bob", permission="read")
     index_now()
-    resp = api_for(bob).post("/api/v1/memories/search", {"query": "tides"}, format="json")
+    unasked = api_for(bob).post("/api/v1/memories/search", {"query": "tides"}, format="json")
+    assert unasked.status_code == 200 and unasked.json()["results"] == []
+    resp = api_for(bob).post(
+        "/api/v1/memories/search", {"query": "tides", "shared_with_me": True}, format="json"
+    )
     assert resp.status_code == 200
     assert [h["memory"]["id"] for h in resp.json()["results"]] == [shared["id"]]

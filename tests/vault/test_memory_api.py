@@ -256,3 +256,21 @@ def test_acl_grant_kept_under_an_unknown_name_grants_nothing_later(alice, make_u
         {"principal": "user:mallory", "permission": "read"}
     ]
     assert api_for(mallory).get(f"/api/v1/memories/{m['id']}").status_code == 200
+
+
+def test_provenance_shows_deleted_text_only_to_those_who_may_write(alice, bob, api_for):
+    from accounts import services as accounts
+
+    org = accounts.organization_create(owner=alice, slug="vorg")
+    invitation = accounts.invitation_create(actor=alice, org=org, username="bob", role="viewer")
+    accounts.invitation_accept(user=bob, invitation_id=invitation.pk)
+    a, b = api_for(alice), api_for(bob)
+    memory = a.post(
+        "/api/v1/memories", {"namespace": "org:vorg", "text": "to be deleted"}, format="json"
+    ).json()
+    assert a.delete(f"/api/v1/memories/{memory['id']}").status_code == 204
+
+    url = f"/api/v1/memories/provenance/{memory['provenance_id']}"
+    assert b.get(url).status_code == 404  # a viewer: deleted text is history
+    owner_view = a.get(url).json()["memories"]
+    assert [m["text"] for m in owner_view] == ["to be deleted"]  # the owner may restore it
