@@ -139,7 +139,7 @@ def test_a_memory_granted_twice_is_listed_once(alice, bob):
         actor=Subject(user=alice), cube_id=cube.id, org_slug=org.slug, role="viewer", permission="read"
     )
     # then bob's list holds it exactly once
-    assert [c.id for c in selectors.memory_list(actor=Subject(user=bob))] == [cube.id]
+    assert [c.id for c in selectors.memory_list(actor=Subject(user=bob), shared_with_me=True)] == [cube.id]
 
 
 def test_a_shared_namespace_is_read_only_after_joining(alice, bob):

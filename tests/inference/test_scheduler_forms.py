@@ -83,7 +83,7 @@ def test_a_changed_pack_does_not_reuse_its_old_prefix(
         chat(client, "ferries?", max_tokens=2, memhub=scope)
     old = KVArtifact.objects.get(status=ArtifactStatus.READY)
     # A new version of a pack memory (e.g. a feed update) changes the pack's content key.
-    cube = MemCube.objects.filter(namespace=installed_pack.namespace).first()
+    cube = MemCube.objects.filter(namespace=installed_pack.namespace, is_canary=False).first()
     MemCube.objects.filter(pk=cube.pk).update(version=cube.version + 1, content_sha256="0" * 64)
     body = chat(client, "ferries?", max_tokens=2, memhub=scope).json()
     assert body["memhub"]["kv"] is None
