@@ -13,7 +13,7 @@ from accounts.models import ALL_SCOPES, ApiToken, NamespaceKind, Organization, R
 from accounts.scopes import SCOPED_PERMISSIONS, request_scopes
 from core.errors import NotFound
 from core.requests import current_user
-from core.serializers import InstantField, StrictSerializer
+from core.serializers import InstantField, StrictSerializer, validated
 from governance.policy import Subject, namespace_actions
 from vault.selectors import namespaces_readable
 
@@ -80,9 +80,8 @@ class OrganizationListCreateApi(AccountApi):
         request=OrganizationListCreateInput, responses={201: OrganizationListCreateOutput}, tags=["accounts"]
     )
     def post(self, request: Request) -> Response:
-        s = self.OrganizationListCreateInput(data=request.data)
-        s.is_valid(raise_exception=True)
-        org = services.organization_create(owner=current_user(request), **s.validated_data)
+        data = validated(self.OrganizationListCreateInput, request.data)
+        org = services.organization_create(owner=current_user(request), **data)
         return Response(self.OrganizationListCreateOutput(org).data, status=status.HTTP_201_CREATED)
 
 
@@ -122,9 +121,8 @@ class MemberListSetApi(AccountApi):
     )
     def post(self, request: Request, slug: str) -> Response:
         org = _org_for_member(current_user(request), slug)
-        s = self.MemberListSetInput(data=request.data)
-        s.is_valid(raise_exception=True)
-        m = services.membership_set(actor=current_user(request), org=org, **s.validated_data)
+        data = validated(self.MemberListSetInput, request.data)
+        m = services.membership_set(actor=current_user(request), org=org, **data)
         return Response({"username": m.user.username, "role": m.role}, status=status.HTTP_200_OK)
 
 
@@ -172,9 +170,8 @@ class OrgInvitationListCreateApi(AccountApi):
     )
     def post(self, request: Request, slug: str) -> Response:
         org = _org_for_member(current_user(request), slug)
-        s = self.OrgInvitationCreateInput(data=request.data)
-        s.is_valid(raise_exception=True)
-        invitation = services.invitation_create(actor=current_user(request), org=org, **s.validated_data)
+        data = validated(self.OrgInvitationCreateInput, request.data)
+        invitation = services.invitation_create(actor=current_user(request), org=org, **data)
         return Response(InvitationOutput(invitation).data, status=status.HTTP_201_CREATED)
 
 
@@ -248,10 +245,9 @@ class TokenListCreateApi(AccountApi):
         "default; another answers 403 naming it) and expires no later than it.",
     )
     def post(self, request: Request) -> Response:
-        s = self.TokenListCreateInput(data=request.data)
-        s.is_valid(raise_exception=True)
+        data = validated(self.TokenListCreateInput, request.data)
         parent = request.auth if isinstance(request.auth, ApiToken) else None
-        token, raw = services.api_token_create(user=current_user(request), parent=parent, **s.validated_data)
+        token, raw = services.api_token_create(user=current_user(request), parent=parent, **data)
         return Response({**TokenOutput(token).data, "token": raw}, status=status.HTTP_201_CREATED)
 
 
@@ -292,9 +288,7 @@ class NamespaceListCreateApi(AccountApi):
         "`org:`/`publisher:` namespace `<org-slug>.<suffix>` of an organization you administer.",
     )
     def post(self, request: Request) -> Response:
-        s = self.NamespaceListCreateInput(data=request.data)
-        s.is_valid(raise_exception=True)
-        d = s.validated_data
+        d = validated(self.NamespaceListCreateInput, request.data)
         ns = services.namespace_create_for(
             actor=current_user(request),
             kind=d["kind"],
@@ -332,11 +326,8 @@ class NamespaceJoinListCreateApi(AccountApi):
         "Shared namespaces you have not joined are not read on your behalf.",
     )
     def post(self, request: Request) -> Response:
-        s = self.NamespaceJoinInput(data=request.data)
-        s.is_valid(raise_exception=True)
-        join = services.namespace_join(
-            user=current_user(request), namespace_key=s.validated_data["namespace"]
-        )
+        data = validated(self.NamespaceJoinInput, request.data)
+        join = services.namespace_join(user=current_user(request), namespace_key=data["namespace"])
         return Response(NamespaceJoinOutput(join).data, status=status.HTTP_201_CREATED)
 
 

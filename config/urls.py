@@ -25,5 +25,5 @@ urlpatterns = [
     path("", include("frontend.urls")),
 ]
 
-handler404 = "core.views.not_found"
+handler404 = "frontend.views.not_found"
 handler500 = "core.views.server_error"

@@ -11,6 +11,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from core import views as core_views
 from core.errors import ApplicationError, NotFound
 from core.requests import current_user
 from governance.policy import Subject
@@ -115,3 +116,13 @@ def packs(request: HttpRequest) -> HttpResponse:
             "installed": installed,
         },
     )
+
+
+API_PREFIXES = ("/api/", "/v1/", "/.well-known/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for the whole site: API callers get the API's JSON error, people get a page."""
+    if request.path.startswith(API_PREFIXES):
+        return core_views.not_found(request, exception)
+    return render(request, "frontend/404.html", status=404)

@@ -440,6 +440,17 @@ def test_a_token_with_the_scope_passes_the_scope_check(world, cell):
             assert "scope" not in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("cell", [pytest.param(c, id=f"{c.route}-{c.method}") for c in CELLS])
+def test_no_credentials_is_a_401_and_writes_nothing(world, cell):
+    before = state()
+
+    resp = send(APIClient(), cell, world)
+
+    assert resp.status_code == 401, (cell.route, cell.method, resp.status_code, resp.content)
+    assert resp.json()["error"]["code"] == "not_authenticated"
+    assert state() == before
+
+
 # Who am I: any valid token may ask. The index dead-letter endpoints are for platform staff
 # (IsAdminUser), checked below.
 STAFF_ONLY = {("v1:index-dead-letters", "GET"), ("v1:index-dead-letters-retry", "POST")}
