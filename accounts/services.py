@@ -175,13 +175,17 @@ def _pending_invitation(*, invitation_id: Any, **filters: Any) -> Invitation:
     return invitation
 
 
+def _invitation_close(invitation: Invitation, status: str) -> None:
+    invitation.status = status
+    invitation.responded_at = timezone.now()
+    invitation.save(update_fields=["status", "responded_at"])
+
+
 @transaction.atomic
 def invitation_revoke(*, actor: User, org: Organization, invitation_id: Any) -> Invitation:
     _require_org_admin(actor=actor, org=org)
     invitation = _pending_invitation(invitation_id=invitation_id, organization=org)
-    invitation.status = InvitationStatus.REVOKED
-    invitation.responded_at = timezone.now()
-    invitation.save(update_fields=["status", "responded_at"])
+    _invitation_close(invitation, InvitationStatus.REVOKED)
     return invitation
 
 
@@ -191,18 +195,14 @@ def invitation_accept(*, user: User, invitation_id: Any) -> Membership:
     membership, _ = Membership.objects.get_or_create(
         organization=invitation.organization, user=user, defaults={"role": invitation.role}
     )
-    invitation.status = InvitationStatus.ACCEPTED
-    invitation.responded_at = timezone.now()
-    invitation.save(update_fields=["status", "responded_at"])
+    _invitation_close(invitation, InvitationStatus.ACCEPTED)
     return membership
 
 
 @transaction.atomic
 def invitation_decline(*, user: User, invitation_id: Any) -> Invitation:
     invitation = _pending_invitation(invitation_id=invitation_id, invitee=user)
-    invitation.status = InvitationStatus.DECLINED
-    invitation.responded_at = timezone.now()
-    invitation.save(update_fields=["status", "responded_at"])
+    _invitation_close(invitation, InvitationStatus.DECLINED)
     return invitation
 
 
