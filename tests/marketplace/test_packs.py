@@ -228,8 +228,10 @@ def test_a_memory_erased_after_release_is_not_installed_from_that_release(publis
     installation = market.pack_install(actor=Subject(user=alice), release=release)
 
     copies = MemCube.objects.filter(namespace=installation.namespace)
+    kept = MemCube.objects.get(namespace__key="publisher:acme", text="Tip one.")
     assert not copies.filter(provenance_id=erased.provenance_id).exists()
-    assert copies.filter(text__contains="Tip one").exists()
+    # matched by provenance: the watermark may change the copy's wording or add zero-width marks
+    assert copies.filter(provenance_id=kept.provenance_id).exists()
     assert not copies.filter(text__contains="[erased]").exists()
 
 
