@@ -121,6 +121,7 @@ class NamespaceKind(models.TextChoices):
     PUBLISHER = "publisher", "Publisher"
     INSTALLATION = "installation", "Installation"
     SHARED = "shared", "Shared"
+    CATALOG = "catalog", "Marketplace catalog (listings in the search index; never a memory source)"
 
 
 class Namespace(models.Model):
@@ -136,6 +137,9 @@ class Namespace(models.Model):
     organization = models.ForeignKey(
         Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="namespaces"
     )
+    # Non-empty: nobody reads this namespace until it is cleared (an installation whose licence expired,
+    # was refunded or revoked, or that was uninstalled). The reason is what a refused caller is told.
+    suspended_reason = models.CharField(max_length=300, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -223,8 +223,11 @@ def namespace_actions(subject: Subject, ns: Namespace) -> set[Action]:
     if subject.kind == SubjectKind.SYSTEM:
         return {Action.READ, Action.WRITE, Action.ADMIN}
     if subject.kind == SubjectKind.REMOTE:
-        return {Action.READ} if subject.grant_for(ns.pk) else set()
+        return {Action.READ} if subject.grant_for(ns.pk) and not ns.suspended_reason else set()
     if not subject.is_user:
+        return set()
+    if ns.suspended_reason or ns.kind == NamespaceKind.CATALOG:
+        # A suspended installation (licence gone) and the catalog's index entries are nobody's memory.
         return set()
     actions = _owner_actions(subject, ns)
     if ns.kind == NamespaceKind.INSTALLATION:
@@ -388,17 +391,28 @@ def readable_namespaces_q(subject: Subject, prefix: str = "") -> Q:
     """A Q over Namespace (or, with prefix 'namespace__', over rows that have one) the subject may read."""
     if subject.kind == SubjectKind.SYSTEM:
         return Q()
+    live = Q(**{f"{prefix}suspended_reason": ""})
     if subject.kind == SubjectKind.REMOTE:
-        return Q(**{f"{prefix}pk__in": [g.namespace_id for g in subject.remote_grants]})
+        return Q(**{f"{prefix}pk__in": [g.namespace_id for g in subject.remote_grants]}) & live
     if not subject.is_user or not subject.has_scope("memories:read"):
         return Q(pk__in=[])
     org_ids = list(subject.roles.keys())
     # What the user owns (installations included), their organizations', and the shared namespaces
-    # they joined. Every other shared namespace stays out of their searches, lists and chats.
+    # they joined. Every other shared namespace stays out of their searches, lists and chats; so do
+    # suspended installations and the marketplace catalog's index entries.
     return (
-        Q(**{f"{prefix}owner_user": subject.user})
-        | Q(**{f"{prefix}organization_id__in": org_ids})
-        | Q(**{f"{prefix}kind": NamespaceKind.SHARED, f"{prefix}pk__in": list(subject.joined_namespace_ids)})
+        (
+            Q(**{f"{prefix}owner_user": subject.user})
+            | Q(**{f"{prefix}organization_id__in": org_ids})
+            | Q(
+                **{
+                    f"{prefix}kind": NamespaceKind.SHARED,
+                    f"{prefix}pk__in": list(subject.joined_namespace_ids),
+                }
+            )
+        )
+        & live
+        & ~Q(**{f"{prefix}kind": NamespaceKind.CATALOG})
     )
 
 

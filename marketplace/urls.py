@@ -1,10 +1,12 @@
-from django.urls import path
+"""`/api/v1/marketplace/...`: each area's module owns its routes."""
 
-from marketplace import apis
+from marketplace.apis import catalog, installs, licences, payments, releases, studio
 
 urlpatterns = [
-    path("packs", apis.PackCatalogApi.as_view(), name="packs"),
-    path("packs/<slug:publisher>/<slug:slug>", apis.PackDetailApi.as_view(), name="pack"),
-    path("packs/<slug:publisher>/<slug:slug>/install", apis.PackInstallApi.as_view(), name="pack-install"),
-    path("installations", apis.InstallationListApi.as_view(), name="installations"),
+    *studio.urlpatterns,
+    *releases.urlpatterns,
+    *catalog.urlpatterns,
+    *licences.urlpatterns,
+    *payments.urlpatterns,
+    *installs.urlpatterns,
 ]

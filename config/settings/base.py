@@ -148,6 +148,8 @@ MEMHUB_THROTTLE_RATES = {
     "watermark_detect": env.str("MEMHUB_THROTTLE_WATERMARK_DETECT", default="20/min"),
     "upload": env.str("MEMHUB_THROTTLE_UPLOAD", default="10/min"),
     "login": env.str("MEMHUB_THROTTLE_LOGIN", default="10/min"),
+    "checkout": env.str("MEMHUB_THROTTLE_CHECKOUT", default="30/min"),
+    "pack_upload": env.str("MEMHUB_THROTTLE_PACK_UPLOAD", default="30/min"),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -207,6 +209,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("MEMHUB_AUDIT_ANCHOR_SECONDS", default=600.0),
     },
     "inference-kv-demote-cold": {"task": "inference.tasks.kv_demote_cold_task", "schedule": 3600.0},
+    "marketplace-licence-sweep": {"task": "marketplace.tasks.licences.licence_sweep", "schedule": 300.0},
 }
 
 # --- Governance ------------------------------------------------------------------------------------
@@ -214,6 +217,22 @@ MEMHUB_ARCHIVE_AFTER_DAYS = env.int("MEMHUB_ARCHIVE_AFTER_DAYS", default=90)
 MEMHUB_PII_BLOCKING_THRESHOLD = env.float("MEMHUB_PII_BLOCKING_THRESHOLD", default=0.5)
 # Names and places: a "module:callable" NER hook for de-identification (empty turns it off).
 MEMHUB_DEID_NER = env.str("MEMHUB_DEID_NER", default="governance.deid.ner:default_ner")
+
+# --- Marketplace: payments, licences, uploads -------------------------------------------------------
+# `ledger` is the built-in test ledger (no keys; `make run` sells and buys with it); `stripe` needs keys.
+MEMHUB_PAYMENT_GATEWAY = env.str("MEMHUB_PAYMENT_GATEWAY", default="ledger")  # ledger | stripe
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # empty: Stripe's own; tests point it at a stand-in
+# The test ledger signs its webhooks exactly as Stripe does, with this secret (a per-instance default).
+MEMHUB_LEDGER_WEBHOOK_SECRET = env.str("MEMHUB_LEDGER_WEBHOOK_SECRET", default="whsec_memhub_test_ledger")
+MEMHUB_WEBHOOK_TOLERANCE_S = env.int("MEMHUB_WEBHOOK_TOLERANCE_S", default=300)
+MEMHUB_PLATFORM_FEE_BPS = env.int("MEMHUB_PLATFORM_FEE_BPS", default=1500)  # 15 % application fee
+MEMHUB_PAYMENT_GRACE_DAYS = env.int("MEMHUB_PAYMENT_GRACE_DAYS", default=7)
+MEMHUB_SITE_URL = env.str("MEMHUB_SITE_URL", default="http://127.0.0.1:8000")  # checkout return pages
+MEMHUB_PACK_UPLOAD_MAX_BYTES = env.int("MEMHUB_PACK_UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
+MEMHUB_PACK_MAX_ITEMS = env.int("MEMHUB_PACK_MAX_ITEMS", default=50_000)
+MEMHUB_CHUNK_TOKENS = env.int("MEMHUB_CHUNK_TOKENS", default=256)
 
 # --- Vault: embeddings and Milvus -----------------------------------------------------------------
 MILVUS_URI = env.str("MILVUS_URI", default="http://127.0.0.1:19530")

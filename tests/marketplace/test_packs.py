@@ -239,5 +239,7 @@ def test_prices_read_as_amounts_with_their_currency():
     from marketplace.models import Pack
 
     assert Pack(price_cents=0).price_display == "free"
-    assert Pack(price_cents=499).price_display == "4.99 USD"
-    assert Pack(price_cents=1000, currency="eur").price_display == "10.00 EUR"
+    assert Pack(price_model="one_time", price_cents=499).price_display == "4.99 USD"
+    assert Pack(price_model="one_time", price_cents=1000, currency="eur").price_display == "10.00 EUR"
+    assert Pack(price_model="subscription", price_cents=900).price_display == "9.00 USD / month"
+    assert Pack(price_model="metered", price_cents=50).price_display == "0.50 USD / 1,000 retrievals"

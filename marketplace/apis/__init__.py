@@ -1,0 +1,1 @@
+"""The marketplace API (`/api/v1/marketplace/...`), a module per area; `urls.py` joins their routes."""

@@ -1,0 +1,7 @@
+"""Marketplace API: studio."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

@@ -1,0 +1,53 @@
+"""Hooks the marketplace exposes to the layers above it (inference, feeds, MIP): a callback registry.
+
+Inference registers in its `AppConfig.ready()` to load a pack's LoRA adapters and schedule KV builds when
+an installation becomes ready, and to drop them when it is suspended or removed; the marketplace never
+imports inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstallationEvent:
+    """`kind`: ready (installed or upgraded), suspended (licence no longer usable), resumed, removed."""
+
+    kind: str
+    installation_id: str
+    namespace_id: str
+    reason: str = ""
+
+
+InstallationHook = Callable[[InstallationEvent], None]
+
+_hooks: list[InstallationHook] = []
+
+
+def register_installation_hook(fn: InstallationHook) -> None:
+    """Register `fn` for every installation event; registering twice keeps one entry."""
+    if fn not in _hooks:
+        _hooks.append(fn)
+
+
+def unregister_installation_hook(fn: InstallationHook) -> None:
+    if fn in _hooks:
+        _hooks.remove(fn)
+
+
+def run_installation_hooks(event: InstallationEvent) -> None:
+    """Run every hook; a failing hook does not stop the others, and the first error is raised after."""
+    errors: list[Exception] = []
+    for fn in list(_hooks):
+        try:
+            fn(event)
+        except Exception as exc:
+            logger.exception("installation hook %r failed for %s", fn, event)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
