@@ -12,6 +12,9 @@ Policy (each choice is recorded as a decision with its reason):
    the MemReader's filters, re-ranked towards the entities asked about, and added in rank order until the
    context budget is spent. A time range that matches nothing is widened rather than answering blind.
 Watermark canaries never enter a prompt in any form (`selectors.pack_memories` and retrieval drop them).
+Licences: a pack reaches the scheduler only if its licence lets the caller use it (chat asks the use gate
+first); its adapter is used only if the licence covers LoRA and its KV prefix only if it covers KV, else
+the pack goes in as plaintext and the decision says why.
 Demotion of cold prefixes back to plaintext is `services.kv_artifacts_demote_cold` (a periodic task).
 The scheduler itself writes nothing: `services` persists its decisions, usage counts and build requests.
 """
@@ -38,6 +41,7 @@ from inference.selectors import (
     pack_usage_counts,
     packs_content_key,
 )
+from vault.hooks import use_refusals
 from vault.models import MemCube
 
 BLOCK_OVERHEAD_TOKENS = 8
@@ -97,6 +101,10 @@ class Schedule:
         self.decisions.append(Decision(**kwargs))
 
 
+def _message(error: Exception) -> str:
+    return str(getattr(error, "message", error))
+
+
 def _mentions(cube: MemCube, entities: list[str]) -> list[str]:
     haystack = f"{cube.title}\n{cube.text}".lower()
     listed = {str(e).lower() for e in (cube.entities or [])}
@@ -138,6 +146,16 @@ def schedule_request(
     # 1. LoRA
     if base_model is not None and packs:
         adapters = adapters_ready(base_model=base_model, namespaces=packs)
+        unlicensed = use_refusals(actor=subject, namespaces=[a.namespace for a in adapters], form=Form.LORA)
+        for refused in [a for a in adapters if a.namespace_id in unlicensed]:
+            plan.note(
+                form=Form.LORA,
+                action=DecisionAction.SKIP,
+                namespace=refused.namespace,
+                adapter=refused,
+                reason=f"{_message(unlicensed[refused.namespace_id])} Served as plaintext instead.",
+            )
+        adapters = [a for a in adapters if a.namespace_id not in unlicensed]
         if adapters:
             plan.adapter = adapters[0]
             in_prompt_packs = [ns for ns in in_prompt_packs if ns.id != plan.adapter.namespace_id]
@@ -166,7 +184,16 @@ def schedule_request(
         limit = min(conf.kv_max_prefix_tokens(), available // 2)
         hot: list[tuple[Namespace, list[MemCube], int]] = []
         spent = 0
+        no_kv = use_refusals(actor=subject, namespaces=in_prompt_packs, form=Form.KV)
         for ns in sorted(in_prompt_packs, key=lambda n: n.key):
+            if ns.id in no_kv:
+                plan.note(
+                    form=Form.PLAINTEXT,
+                    action=DecisionAction.SKIP,
+                    namespace=ns,
+                    reason=f"{_message(no_kv[ns.id])} Served as plaintext instead.",
+                )
+                continue
             cubes = pack_memories(namespace=ns)
             if not cubes:
                 continue
@@ -263,11 +290,19 @@ def _retrieve(
     call = plan.memory_call
     keys = [ns.key for ns in namespaces]
     filters = call.filters()
+    # Chat meters what it actually puts in the prompt (`services.chat`), not every hit considered.
     results = memory_search(
-        actor=subject, query=call.query, namespace_keys=keys, filters=filters or None, top_k=top_k
+        actor=subject,
+        query=call.query,
+        namespace_keys=keys,
+        filters=filters or None,
+        top_k=top_k,
+        meter=False,
     ).results
     if not results and filters:
-        results = memory_search(actor=subject, query=call.query, namespace_keys=keys, top_k=top_k).results
+        results = memory_search(
+            actor=subject, query=call.query, namespace_keys=keys, top_k=top_k, meter=False
+        ).results
         plan.note(
             form=Form.PLAINTEXT,
             action=DecisionAction.FALLBACK,

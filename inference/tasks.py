@@ -23,6 +23,14 @@ def kv_artifact_build_task(artifact_id: str) -> str:
         return "gone"
 
 
+@shared_task(name="inference.tasks.installation_artifacts_task", acks_late=True)
+def installation_artifacts_task(installation_id: str) -> dict[str, Any]:
+    """A marketplace installation became ready: its adapters, watermarked, and its KV prefix builds."""
+    from inference.services.adapters import installation_artifacts_sync
+
+    return installation_artifacts_sync(installation_id=installation_id)
+
+
 @shared_task(name="inference.tasks.kv_demote_cold_task")
 def kv_demote_cold_task() -> int:
     from inference.services import kv_artifacts_demote_cold

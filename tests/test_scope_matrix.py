@@ -24,6 +24,7 @@ from accounts.models import ALL_SCOPES, ApiToken, Invitation, Membership, Namesp
 from governance import timemachine
 from governance.policy import Subject
 from marketplace import services as market
+from marketplace.services.licences import licence_grant
 from vault import services as vault_services
 from vault.models import MemCube
 
@@ -77,6 +78,7 @@ def world(make_user, settings) -> World:  # type: ignore[no-untyped-def]
         actor=Subject(user=alice), pack=pack, items=[{"text": "Water the ferns on Mondays."}]
     )
     market.release_publish(actor=Subject(user=alice), pack=pack, version="1.0.0")
+    licence_grant(pack=pack, holder_user=carol, reason="matrix: a licence holder who may review")
     return World(
         users={"alice": alice, "bob": bob, "carol": carol},
         memory=memory,
@@ -105,6 +107,8 @@ def mid(w: World) -> str:
 
 
 NOWHERE = str(uuid.UUID(int=7))
+MP = "/api/v1/marketplace"
+PACK = f"{MP}/packs/acme-press/tips"
 
 CELLS: list[Cell] = [
     # --- accounts ---------------------------------------------------------------------------------
@@ -340,6 +344,194 @@ CELLS: list[Cell] = [
         ok=201,
     ),
     Cell("v1:installations", "GET", lambda w: "/api/v1/marketplace/installations", (MARKET,), ok=200),
+    Cell("v1:installs-detail", "GET", lambda w: f"{MP}/installations/{NOWHERE}", (MARKET,)),
+    Cell("v1:installs-detail", "DELETE", lambda w: f"{MP}/installations/{NOWHERE}", (MARKET,)),
+    Cell(
+        "v1:installs-upgrade",
+        "POST",
+        lambda w: f"{MP}/installations/{NOWHERE}/upgrade",
+        (MARKET,),
+        lambda w: {"version": "1.1.0"},
+    ),
+    Cell("v1:installs-diff", "GET", lambda w: f"{MP}/installations/{NOWHERE}/diff", (MARKET,)),
+    Cell("v1:installs-annotations", "GET", lambda w: f"{MP}/installations/{NOWHERE}/annotations", (MARKET,)),
+    Cell(
+        "v1:installs-annotation",
+        "PUT",
+        lambda w: f"{MP}/installations/{NOWHERE}/annotations/{NOWHERE}",
+        (MARKET,),
+        lambda w: {"note": "check this"},
+    ),
+    Cell(
+        "v1:installs-annotation",
+        "DELETE",
+        lambda w: f"{MP}/installations/{NOWHERE}/annotations/{NOWHERE}",
+        (MARKET,),
+    ),
+    # licences
+    Cell("v1:licences-list", "GET", lambda w: f"{MP}/licences", (MARKET,), ok=200),
+    Cell("v1:licences-detail", "GET", lambda w: f"{MP}/licences/{NOWHERE}", (MARKET,)),
+    Cell("v1:licences-seats", "GET", lambda w: f"{MP}/licences/{NOWHERE}/seats", (MARKET,)),
+    Cell(
+        "v1:licences-seats",
+        "POST",
+        lambda w: f"{MP}/licences/{NOWHERE}/seats",
+        (MARKET,),
+        lambda w: {"username": "carol"},
+    ),
+    Cell("v1:licences-seat", "DELETE", lambda w: f"{MP}/licences/{NOWHERE}/seats/carol", (MARKET,)),
+    Cell("v1:licences-usage", "GET", lambda w: f"{MP}/licences/{NOWHERE}/usage", (MARKET,)),
+    # studio
+    Cell("v1:studio-publishers", "GET", lambda w: f"{MP}/publishers", (MARKET,), ok=200),
+    Cell(
+        "v1:studio-publishers",
+        "POST",
+        lambda w: f"{MP}/publishers",
+        (MARKET,),
+        lambda w: {"slug": "alice-notes", "display_name": "Alice's notes"},
+        ok=201,
+    ),
+    Cell("v1:studio-publisher", "GET", lambda w: f"{MP}/publishers/acme-press", (MARKET,), ok=200),
+    Cell(
+        "v1:studio-publisher",
+        "PATCH",
+        lambda w: f"{MP}/publishers/acme-press",
+        (MARKET, WRITE),
+        lambda w: {"bio": "Gardening notes."},
+        ok=200,
+    ),
+    Cell(
+        "v1:studio-publisher-members",
+        "GET",
+        lambda w: f"{MP}/publishers/acme-press/members",
+        (MARKET,),
+        ok=200,
+    ),
+    Cell(
+        "v1:studio-publisher-members",
+        "POST",
+        lambda w: f"{MP}/publishers/acme-press/members",
+        (MARKET, WRITE),
+        lambda w: {"username": "carol", "role": "publisher"},
+        ok=201,
+    ),
+    Cell(
+        "v1:studio-publisher-member",
+        "DELETE",
+        lambda w: f"{MP}/publishers/acme-press/members/carol",
+        (MARKET, WRITE),
+    ),
+    Cell(
+        "v1:studio-publisher-packs", "GET", lambda w: f"{MP}/publishers/acme-press/packs", (MARKET,), ok=200
+    ),
+    Cell(
+        "v1:studio-publisher-packs",
+        "POST",
+        lambda w: f"{MP}/publishers/acme-press/packs",
+        (MARKET, WRITE),
+        lambda w: {"slug": "more", "title": "More tips"},
+        ok=201,
+    ),
+    Cell("v1:studio-pack-listing", "GET", lambda w: f"{PACK}/listing", (MARKET,), ok=200),
+    Cell(
+        "v1:studio-pack-listing",
+        "PATCH",
+        lambda w: f"{PACK}/listing",
+        (MARKET, WRITE),
+        lambda w: {"summary": "Care for ferns."},
+        ok=200,
+    ),
+    Cell("v1:studio-pack-items", "GET", lambda w: f"{PACK}/items", (MARKET,), ok=200),
+    Cell(
+        "v1:studio-pack-items",
+        "POST",
+        lambda w: f"{PACK}/items",
+        (MARKET, WRITE),
+        lambda w: {"memories": [{"text": "Mist the ferns in summer."}]},
+        ok=201,
+    ),
+    Cell("v1:studio-pack-item", "DELETE", lambda w: f"{PACK}/items/{NOWHERE}", (MARKET, WRITE)),
+    Cell("v1:studio-pack-item-preview", "GET", lambda w: f"{PACK}/items/{NOWHERE}/preview", (MARKET, WRITE)),
+    Cell("v1:studio-pack-uploads", "GET", lambda w: f"{PACK}/uploads", (MARKET,), ok=200),
+    Cell(
+        "v1:studio-pack-uploads",
+        "POST",
+        lambda w: f"{PACK}/uploads",
+        (MARKET, WRITE),
+        lambda w: {"kind": "jsonl", "file": _file(b'{"text": "Repot ferns in spring."}\n', "tips.jsonl")},
+        fmt="multipart",
+        ok=201,
+    ),
+    Cell("v1:studio-pack-upload", "GET", lambda w: f"{PACK}/uploads/{NOWHERE}", (MARKET,)),
+    Cell(
+        "v1:studio-pack-cover",
+        "PUT",
+        lambda w: f"{PACK}/cover",
+        (MARKET, WRITE),
+        lambda w: {"file": _file(b"not an image", "cover.png")},
+        fmt="multipart",
+    ),
+    # releases
+    Cell("v1:releases-list", "GET", lambda w: f"{PACK}/releases", (MARKET,), ok=200),
+    Cell(
+        "v1:releases-list",
+        "POST",
+        lambda w: f"{PACK}/releases",
+        (MARKET, WRITE),
+        lambda w: {"version": "1.1.0", "notes": "More tips."},
+    ),
+    Cell("v1:releases-detail", "GET", lambda w: f"{PACK}/releases/1.0.0", (MARKET,), ok=200),
+    Cell("v1:releases-verify", "GET", lambda w: f"{PACK}/releases/1.0.0/verify", (MARKET,), ok=200),
+    Cell("v1:releases-diff", "GET", lambda w: f"{PACK}/releases/1.0.0/diff", (MARKET,)),
+    Cell(
+        "v1:releases-evaluation-questions", "GET", lambda w: f"{PACK}/evaluation-questions", (MARKET,), ok=200
+    ),
+    Cell(
+        "v1:releases-evaluation-questions",
+        "POST",
+        lambda w: f"{PACK}/evaluation-questions",
+        (MARKET, WRITE),
+        lambda w: {"question": "When do I water ferns?", "answer_provenance_ids": [str(NOWHERE)]},
+    ),
+    Cell(
+        "v1:releases-evaluation-question",
+        "PATCH",
+        lambda w: f"{PACK}/evaluation-questions/999999",
+        (MARKET, WRITE),
+        lambda w: {"question": "When?"},
+    ),
+    Cell(
+        "v1:releases-evaluation-question",
+        "DELETE",
+        lambda w: f"{PACK}/evaluation-questions/999999",
+        (MARKET, WRITE),
+    ),
+    # catalog: reviews
+    Cell("v1:catalog-reviews", "GET", lambda w: f"{PACK}/reviews", (MARKET,), ok=200),
+    Cell(
+        "v1:catalog-reviews",
+        "POST",
+        lambda w: f"{PACK}/reviews",
+        (MARKET,),
+        lambda w: {"rating": 5, "title": "Useful"},
+        actor="carol",
+        ok=201,
+    ),
+    Cell(
+        "v1:catalog-review",
+        "PATCH",
+        lambda w: f"{PACK}/reviews/{NOWHERE}",
+        (MARKET,),
+        lambda w: {"rating": 4},
+    ),
+    Cell("v1:catalog-review", "DELETE", lambda w: f"{PACK}/reviews/{NOWHERE}", (MARKET,)),
+    Cell(
+        "v1:catalog-review-report",
+        "POST",
+        lambda w: f"{PACK}/reviews/{NOWHERE}/report",
+        (MARKET,),
+        lambda w: {"reason": "Spam."},
+    ),
     # --- inference ----------------------------------------------------------------------------------
     Cell(
         "inference:chat-completions",
@@ -369,10 +561,10 @@ CELLS: list[Cell] = [
 ]
 
 
-def _file(content: bytes) -> Any:
+def _file(content: bytes, name: str = "f") -> Any:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    return SimpleUploadedFile("f", content)
+    return SimpleUploadedFile(name, content)
 
 
 def client_with(user: Any, scopes: list[str]) -> APIClient:

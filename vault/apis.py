@@ -405,6 +405,11 @@ class MemorySearchApi(APIView):
         results = serializers.ListField(
             child=serializers.DictField(), help_text="MemorySearchHitOutput items"
         )
+        refused = serializers.ListField(
+            child=serializers.DictField(),
+            help_text="Installed packs left out of a default search: {namespace, code, message} "
+            "(licence expired, quota used up, no seat, ...).",
+        )
 
     @extend_schema(
         request=Input,
@@ -439,6 +444,7 @@ class MemorySearchApi(APIView):
                 "namespaces": response.namespaces,
                 "took_ms": round(response.took_ms, 2),
                 "results": self.HitOutput(response.results, many=True).data,
+                "refused": response.stats.get("refused", []),
             }
         )
 

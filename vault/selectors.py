@@ -9,8 +9,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.query import ModelIterable
 
-from accounts.models import Namespace, User
+from accounts.models import Namespace, NamespaceKind, User
 from core.errors import ApplicationError, NotFound
 from core.exceptions import deny_target
 from governance.policy import (
@@ -22,6 +23,7 @@ from governance.policy import (
     readable_namespaces_q,
 )
 from vault.filters import MemoryFilter, parse_filters
+from vault.hooks import use_record, use_refusals
 from vault.models import (
     LIVE_STATES,
     IndexOutbox,
@@ -65,6 +67,88 @@ def memories_visible(*, actor: Subject) -> QuerySet[MemCube]:
     return _visible(actor)
 
 
+# --- licensed (installation) memory: checked and metered where it is used -----------------------------
+
+
+def licensed_use_filter(
+    *, actor: Subject, namespaces: list[Namespace], explicit: bool, form: str = "plaintext"
+) -> tuple[list[Namespace], list[dict[str, Any]]]:
+    """The namespaces the caller may use now, and those refused (key, code, message). A refused
+    namespace the caller named explicitly is its 402; a default read leaves it out and says so, unless
+    nothing is left, when the first refusal is raised (an empty answer would hide why)."""
+    refusals = use_refusals(actor=actor, namespaces=namespaces, form=form)
+    if not refusals:
+        return namespaces, []
+    if explicit:
+        raise next(refusals[ns.pk] for ns in namespaces if ns.pk in refusals)
+    kept = [ns for ns in namespaces if ns.pk not in refusals]
+    if not kept:
+        raise next(iter(refusals.values()))
+    refused = [
+        {
+            "namespace": ns.key,
+            "code": getattr(refusals[ns.pk], "code", "refused"),
+            "message": getattr(refusals[ns.pk], "message", str(refusals[ns.pk])),
+        }
+        for ns in namespaces
+        if ns.pk in refusals
+    ]
+    return kept, refused
+
+
+def licensed_meter(*, actor: Subject, cubes: list[MemCube]) -> list[MemCube]:
+    """Count one retrieval per installation memory returned, and keep only those the licences' quotas
+    granted (a quota running out mid-page ends that namespace's share of the page). Order is kept."""
+    counts: dict[Any, int] = {}
+    for cube in cubes:
+        if cube.namespace.kind == NamespaceKind.INSTALLATION:
+            counts[cube.namespace_id] = counts.get(cube.namespace_id, 0) + 1
+    if not counts:
+        return cubes
+    granted = use_record(actor=actor, counts=counts, kind="retrievals")
+    kept = []
+    for cube in cubes:
+        if cube.namespace_id in counts:
+            if granted.get(cube.namespace_id, 0) <= 0:
+                continue
+            granted[cube.namespace_id] -= 1
+        kept.append(cube)
+    return kept
+
+
+class _MeteredQuerySet(QuerySet):  # type: ignore[type-arg]
+    """A memory list that meters the rows it actually returns: the page a caller fetches, not the whole
+    list (a count or an `exists()` meters nothing)."""
+
+    _meter_actor: Subject | None = None
+
+    def _clone(self) -> Any:
+        clone = super()._clone()  # type: ignore[misc]
+        clone._meter_actor = self._meter_actor
+        return clone
+
+    def _fetch_all(self) -> None:
+        fresh = self._result_cache is None
+        super()._fetch_all()  # type: ignore[misc]
+        if fresh and self._meter_actor is not None and self._iterable_class is ModelIterable:
+            rows: list[Any] = list(self._result_cache or [])
+            self._result_cache = licensed_meter(actor=self._meter_actor, cubes=rows)  # type: ignore[assignment]
+
+
+def _metered(qs: QuerySet[MemCube], actor: Subject) -> QuerySet[MemCube]:
+    hints = qs._hints  # type: ignore[attr-defined]
+    metered: Any = _MeteredQuerySet(model=qs.model, query=qs.query.chain(), using=qs.db, hints=hints)
+    metered._prefetch_related_lookups = qs._prefetch_related_lookups  # type: ignore[attr-defined]
+    metered._meter_actor = actor
+    return metered
+
+
+def _refused_readable(actor: Subject) -> list[Any]:
+    """Ids of the caller's installation namespaces it may not use now (for reads across namespaces)."""
+    installed = list(namespaces_readable(actor=actor).filter(kind=NamespaceKind.INSTALLATION))
+    return list(use_refusals(actor=actor, namespaces=installed))
+
+
 def _acl_namespaces(actor: Subject, exclude: list[Namespace]) -> list[Namespace]:
     """Namespaces the caller cannot read that hold memories shared with it one by one."""
     shared = MemCube.objects.filter(readable_memories_q(actor)).exclude(namespace__in=exclude)
@@ -83,6 +167,15 @@ def memory_get(*, actor: Subject, cube_id: Any, include_deleted: bool = False) -
             object_type="memory",
             object_ids=[cube_id],
         )
+    if cube.namespace.kind == NamespaceKind.INSTALLATION:
+        # Asking for one memory by id names its namespace: a licence that does not cover it is a 402.
+        licensed_use_filter(actor=actor, namespaces=[cube.namespace], explicit=True)
+        if not licensed_meter(actor=actor, cubes=[cube]):
+            # The quota ran out between the check and the count (a concurrent request took the last).
+            licensed_use_filter(actor=actor, namespaces=[cube.namespace], explicit=True)
+            raise ApplicationError(
+                "The licence's retrieval quota is used up.", status=402, code="quota_exhausted"
+            )
     return cube
 
 
@@ -147,9 +240,15 @@ def memory_list(
     f = parse_filters(filters)
     qs = _visible(actor)
     if namespace_keys:
-        qs = qs.filter(namespace__in=namespaces_resolve(actor=actor, keys=namespace_keys))
-    elif not shared_with_me:
-        qs = qs.filter(namespace__in=namespaces_readable(actor=actor))
+        named = namespaces_resolve(actor=actor, keys=namespace_keys)
+        licensed_use_filter(actor=actor, namespaces=named, explicit=True)
+        qs = qs.filter(namespace__in=named)
+    else:
+        if not shared_with_me:
+            qs = qs.filter(namespace__in=namespaces_readable(actor=actor))
+        refused = _refused_readable(actor)
+        if refused:  # installed packs whose licence does not cover this use now drop out of the list
+            qs = qs.exclude(namespace_id__in=refused)
     if not f.states:
         qs = qs.exclude(state=MemoryState.DELETED)
     elif MemoryState.DELETED in f.states:
@@ -157,7 +256,8 @@ def memory_list(
         holding = Namespace.objects.filter(pk__in=qs.filter(state=MemoryState.DELETED).values("namespace_id"))
         writable = [ns.pk for ns in holding if history_visible(actor=actor, namespace=ns)]
         qs = qs.exclude(Q(state=MemoryState.DELETED) & ~Q(namespace_id__in=writable))
-    return apply_filter(qs, f).order_by("-created_at", "id")
+    # Installed memories count against their licence as they are fetched (the page, not the list).
+    return _metered(apply_filter(qs, f).order_by("-created_at", "id"), actor)
 
 
 def history_visible(*, actor: Subject, namespace: Namespace) -> bool:
@@ -190,12 +290,17 @@ def memory_history(*, actor: Subject, cube_id: Any) -> QuerySet[MemCubeVersion]:
 
 def memory_provenance(*, actor: Subject, provenance_id: Any) -> list[MemCube]:
     """Every memory the caller can read that descends from one origin (across versions and installs)."""
+    qs = _visible(actor).filter(provenance_id=provenance_id)
+    refused = _refused_readable(actor)
+    if refused:
+        qs = qs.exclude(namespace_id__in=refused)
     cubes = [
         c
-        for c in _visible(actor).filter(provenance_id=provenance_id).order_by("created_at")
+        for c in qs.order_by("created_at")
         # deleted text is history: only for those who may write its namespace
         if c.state != MemoryState.DELETED or history_visible(actor=actor, namespace=c.namespace)
     ]
+    cubes = licensed_meter(actor=actor, cubes=cubes)
     if not cubes:
         raise NotFound("No memory with that provenance id is visible to you.")
     return cubes
@@ -279,6 +384,7 @@ def memory_search(
     dense_weight: float | None = None,
     min_score: float | None = None,
     shared_with_me: bool = False,
+    meter: bool = True,
 ) -> SearchResponse:
     """Hybrid retrieval (dense + BM25 + metadata filters, fused) within what the caller may read.
 
@@ -286,6 +392,11 @@ def memory_search(
     truth) for visibility, state and filters before it is returned, and canaries are never returned.
     Scores lie in [0, 1] and are comparable across queries; `min_score` drops weaker hits. A value the
     index cannot filter on is a 400 naming the filter; an unavailable index is a 503, never a 500.
+
+    Installed packs are searched only while their licence covers it: a named one that does not is a
+    402; in a search of every namespace it is left out and listed in `stats["refused"]`. Each installed
+    memory returned counts one retrieval on its licence (`meter=False`: the caller meters what it uses,
+    as chat does), and a quota running out ends that pack's share of the results.
     """
     from vault.index import IndexValueError, build_filter_expr, get_index
 
@@ -305,6 +416,9 @@ def memory_search(
             "Search covers live memories only; list archived or expired ones instead.", code="invalid_filter"
         )
     namespaces = namespaces_resolve(actor=actor, keys=namespace_keys)
+    namespaces, refused = licensed_use_filter(
+        actor=actor, namespaces=namespaces, explicit=bool(namespace_keys)
+    )
     # Memories shared by ACL live in namespaces the caller cannot read: search those partitions too and
     # let the database re-check below keep only the shared memories.
     # Only when asked for: an ACL grant must not push memory into someone's results unasked.
@@ -319,7 +433,7 @@ def memory_search(
             raise _refused(exc) from exc
     # No namespace to search, or only owners nobody is called: nothing can match (as in lists).
     if index_filter is None or (f.owners and not owner_ids):
-        return SearchResponse([], mode, [ns.key for ns in namespaces], 0.0)
+        return SearchResponse([], mode, [ns.key for ns in namespaces], 0.0, {"refused": refused})
 
     fetch_k = min(top_k * 2 + 5, settings.VAULT_SEARCH_MAX_TOP_K * 2)
     if acl_namespaces:
@@ -367,13 +481,19 @@ def memory_search(
         if not short or fetch_k >= SEARCH_MAX_FETCH:
             break
         fetch_k = min(fetch_k * 4, SEARCH_MAX_FETCH)
+    if meter:
+        kept = {id(c) for c in licensed_meter(actor=actor, cubes=[r.memory for r in results])}
+        if len(kept) < len(results):
+            results = [r for r in results if id(r.memory) in kept]
+            for rank, r in enumerate(results, start=1):
+                r.rank = rank
     took = (time.perf_counter() - started) * 1000
     return SearchResponse(
         results,
         mode,
         [ns.key for ns in namespaces],
         took,
-        {"candidates": candidates, "dropped": dropped},
+        {"candidates": candidates, "dropped": dropped, "refused": refused},
     )
 
 

@@ -1044,12 +1044,17 @@ def memory_import_batch(
     items: list[dict[str, Any]],
     watermark_id: str = "",
     reason: str = "import",
+    defer_index_s: float = 0.0,
 ) -> list[MemCube]:
     """System write into a namespace the caller may not write by policy (a pack installation, a MIP
-    import): the caller of this service has already decided it is allowed. Provenance ids are kept."""
+    import): the caller of this service has already decided it is allowed. Provenance ids are kept.
+
+    `defer_index_s`: the caller indexes the memories itself right after (`index_upsert_reusing`), so
+    the outbox rows wait that long before the index worker takes them; should the caller fail, the
+    worker indexes them then, as any other memory."""
     cubes = []
     for item in items:
-        cube = _build_cube(actor=actor, namespace=namespace, data=item, keep_provenance=True)
+        cube = _build_import_cube(actor=actor, namespace=namespace, data=item)
         cube.watermark_id = watermark_id
         cube.is_canary = bool(item.get("canary"))
         cubes.append(cube)
@@ -1060,5 +1065,101 @@ def memory_import_batch(
             for c in cubes
         ]
     )
-    index_enqueue([c.id for c in cubes], IndexOp.UPSERT)
+    if defer_index_s > 0:
+        index_enqueue_deferred([c.id for c in cubes], IndexOp.UPSERT, delay_s=defer_index_s)
+    else:
+        index_enqueue([c.id for c in cubes], IndexOp.UPSERT)
     return cubes
+
+
+def _build_import_cube(*, actor: Subject, namespace: Namespace, data: dict[str, Any]) -> MemCube:
+    """`_build_cube` for a system import, which keeps the origin's provenance id. The field checks run;
+    the uniqueness check does not: it would query the primary key of every new row (a fresh uuid4), one
+    round trip per memory, the largest cost of a 10,000-memory install."""
+    _validate_content(data)
+    values = {k: data[k] for k in (*CONTENT_FIELDS, *GOVERNANCE_FIELDS) if k in data}
+    cube = MemCube(namespace=namespace, owner=actor.user, **values)
+    if data.get("provenance_id"):
+        cube.provenance_id = data["provenance_id"]
+    cube.content_sha256 = content_hash(kind=cube.kind, text=cube.text, blob_sha256=cube.blob_sha256)
+    cube.full_clean(exclude=["namespace", "owner"], validate_unique=False, validate_constraints=False)
+    return cube
+
+
+def index_enqueue_deferred(cube_ids: list[Any], op: str, *, delay_s: float) -> None:
+    """Outbox rows the index worker leaves alone for `delay_s` (the caller means to index them now)."""
+    from datetime import timedelta
+
+    due = timezone.now() + timedelta(seconds=delay_s)
+    IndexOutbox.objects.bulk_create(
+        [IndexOutbox(cube_id=cid, op=op, next_attempt_at=due) for cid in cube_ids]
+    )
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    """Where an installed copy's vector may come from: the memory it was copied from (`cube_id`), the
+    version the copy was made of, and that version's text (the reuse criterion compares the texts)."""
+
+    cube_id: Any
+    version: int
+    text: str
+
+
+def _reuse_settings() -> tuple[bool, float]:
+    from vault.index.reuse import DEFAULT_MIN_SIMILARITY
+
+    enabled = bool(getattr(settings, "VAULT_INSTALL_VECTOR_REUSE", True))
+    threshold = float(getattr(settings, "VAULT_VECTOR_REUSE_MIN_SIMILARITY", DEFAULT_MIN_SIMILARITY))
+    return enabled, threshold
+
+
+def index_upsert_reusing(
+    *, cube_ids: Sequence[Any], sources: dict[Any, VectorSource] | None = None
+) -> dict[str, int]:
+    """Index these memories now, reusing stored vectors where that is sound, and settle their outbox rows.
+
+    A memory in `sources` takes the stored vector of its source memory when the setting
+    `VAULT_INSTALL_VECTOR_REUSE` is on (default), the index holds that vector for exactly the version
+    named, and the copy's text differs from that version's only by near-synonymous word swaps
+    (`vault.index.reuse`); every other memory is embedded. Returns counts: `reused`, `embedded`,
+    `removed`. Raises if the index is unavailable (the outbox rows then stay, and the worker retries)."""
+    from vault.index import get_index
+    from vault.index.reuse import vector_reusable
+
+    index = get_index()
+    ids = list(dict.fromkeys(cube_ids))
+    cubes = {c.id: c for c in MemCube.objects.filter(pk__in=ids)}
+    live = [cubes[i] for i in ids if i in cubes and _indexable(cubes[i])]
+    gone = [str(i) for i in ids if i not in cubes or not _indexable(cubes[i])]
+    enabled, threshold = _reuse_settings()
+    stored: dict[str, tuple[int, Any]] = {}
+    if enabled and sources:
+        wanted = [str(sources[c.id].cube_id) for c in live if c.id in sources]
+        stored = index.vectors(wanted) if wanted else {}
+    reused_docs, reused_vectors, fresh_docs = [], [], []
+    for cube in live:
+        src = sources.get(cube.id) if (enabled and sources) else None
+        hit = stored.get(str(src.cube_id)) if src is not None else None
+        if (
+            src is not None
+            and hit is not None
+            and hit[0] == src.version
+            and vector_reusable(original=src.text, copy=cube.text, min_similarity=threshold)
+        ):
+            reused_docs.append(index_doc_for(cube))
+            reused_vectors.append(hit[1])
+        else:
+            fresh_docs.append(index_doc_for(cube))
+    if reused_docs:
+        import numpy as np
+
+        index.upsert(reused_docs, vectors=np.stack(reused_vectors))
+    if fresh_docs:
+        index.upsert(fresh_docs)
+    if gone:
+        index.delete(gone)
+    IndexOutbox.objects.filter(cube_id__in=ids, processed_at__isnull=True).update(
+        processed_at=timezone.now(), attempts=F("attempts") + 1, last_attempt_at=timezone.now(), last_error=""
+    )
+    return {"reused": len(reused_docs), "embedded": len(fresh_docs), "removed": len(gone)}

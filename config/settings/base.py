@@ -210,6 +210,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "inference-kv-demote-cold": {"task": "inference.tasks.kv_demote_cold_task", "schedule": 3600.0},
     "marketplace-licence-sweep": {"task": "marketplace.tasks.licences.licence_sweep", "schedule": 300.0},
+    "marketplace-catalog-reindex": {"task": "marketplace.tasks.catalog.catalog_reindex", "schedule": 86400.0},
 }
 
 # --- Governance ------------------------------------------------------------------------------------
@@ -217,6 +218,9 @@ MEMHUB_ARCHIVE_AFTER_DAYS = env.int("MEMHUB_ARCHIVE_AFTER_DAYS", default=90)
 MEMHUB_PII_BLOCKING_THRESHOLD = env.float("MEMHUB_PII_BLOCKING_THRESHOLD", default=0.5)
 # Names and places: a "module:callable" NER hook for de-identification (empty turns it off).
 MEMHUB_DEID_NER = env.str("MEMHUB_DEID_NER", default="governance.deid.ner:default_ner")
+
+# The name this instance gives itself in MIP discovery and in the manifests it signs (empty: its host).
+MEMHUB_INSTANCE_NAME = env.str("MEMHUB_INSTANCE_NAME", default="")
 
 # --- Marketplace: payments, licences, uploads -------------------------------------------------------
 # `ledger` is the built-in test ledger (no keys; `make run` sells and buys with it); `stripe` needs keys.
@@ -233,6 +237,20 @@ MEMHUB_SITE_URL = env.str("MEMHUB_SITE_URL", default="http://127.0.0.1:8000")  #
 MEMHUB_PACK_UPLOAD_MAX_BYTES = env.int("MEMHUB_PACK_UPLOAD_MAX_BYTES", default=20 * 1024 * 1024)
 MEMHUB_PACK_MAX_ITEMS = env.int("MEMHUB_PACK_MAX_ITEMS", default=50_000)
 MEMHUB_CHUNK_TOKENS = env.int("MEMHUB_CHUNK_TOKENS", default=256)
+MEMHUB_PACK_INLINE_BYTES = env.int("MEMHUB_PACK_INLINE_BYTES", default=1024 * 1024)  # bigger: in the worker
+MEMHUB_COVER_MAX_BYTES = env.int("MEMHUB_COVER_MAX_BYTES", default=2 * 1024 * 1024)
+MEMHUB_PDF_MAX_PAGES = env.int("MEMHUB_PDF_MAX_PAGES", default=500)
+MEMHUB_UPLOAD_MAX_CHUNKS = env.int("MEMHUB_UPLOAD_MAX_CHUNKS", default=10_000)
+MARKETPLACE_REVIEW_REPORTS_TO_HIDE = env.int("MEMHUB_REVIEW_REPORTS_TO_HIDE", default=3)
+MARKETPLACE_CATALOG_MIN_COSINE = env.float("MEMHUB_CATALOG_MIN_COSINE", default=0.3)
+MEMHUB_PDF_MAX_SECONDS = env.float("MEMHUB_PDF_MAX_SECONDS", default=60.0)
+MEMHUB_DOCUMENT_MAX_CHARS = env.int("MEMHUB_DOCUMENT_MAX_CHARS", default=2_000_000)
+# Packs up to this many memories install inline (ready when the call returns); bigger ones in the worker.
+MARKETPLACE_INSTALL_INLINE_MAX = env.int("MEMHUB_INSTALL_INLINE_MAX", default=2000)
+MARKETPLACE_INSTALL_CHUNK = env.int("MEMHUB_INSTALL_CHUNK", default=1000)
+# An installed copy reuses the publisher memory's vector when the watermark left its words this similar.
+VAULT_INSTALL_VECTOR_REUSE = env.bool("MEMHUB_INSTALL_VECTOR_REUSE", default=True)
+VAULT_VECTOR_REUSE_MIN_SIMILARITY = env.float("MEMHUB_VECTOR_REUSE_MIN_SIMILARITY", default=0.85)
 
 # --- Vault: embeddings and Milvus -----------------------------------------------------------------
 MILVUS_URI = env.str("MILVUS_URI", default="http://127.0.0.1:19530")

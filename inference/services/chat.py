@@ -122,13 +122,79 @@ def _licensed(schedule: Schedule) -> None:
     schedule.prefix_blocks = [b for b in schedule.prefix_blocks if uuid.UUID(b.memory_id) not in refused]
 
 
+def _licensed_namespaces(
+    subject: Subject, request: ChatRequest, namespaces: list[Namespace]
+) -> tuple[list[Namespace], list[tuple[Namespace, Exception]]]:
+    """The namespaces the caller's licences let it use now. An installed pack the request names whose
+    licence does not cover it (expired, refunded, no seat, quota used up) is the 402; one reached only by
+    default is left out, and the answer's decisions say why. Nothing usable left at all: the 402."""
+    from vault.hooks import use_refusals
+
+    refusals = use_refusals(actor=subject, namespaces=namespaces, form=Form.PLAINTEXT)
+    if not refusals:
+        return namespaces, []
+    named = set(request.namespaces or [])
+    for ns in namespaces:
+        if ns.pk in refusals and ns.key in named:
+            raise refusals[ns.pk]
+    kept = [ns for ns in namespaces if ns.pk not in refusals]
+    if not kept:
+        raise next(iter(refusals.values()))
+    return kept, [(ns, refusals[ns.pk]) for ns in namespaces if ns.pk in refusals]
+
+
+def _meter(subject: Subject, schedule: Schedule) -> None:
+    """Count what this request uses of each installed pack on its licence: one retrieval per memory put
+    in the prompt as text (a quota running out drops the rest of that pack's memories, noted), one KV use
+    per pack served from a prefix, one adapter use, and one chat per pack drawn on in any form."""
+    from vault.hooks import use_record
+
+    counts: dict[Any, int] = {}
+    for used in schedule.used:
+        if used.form == Form.PLAINTEXT and is_pack(used.memory.namespace):
+            counts[used.memory.namespace_id] = counts.get(used.memory.namespace_id, 0) + 1
+    if counts:
+        granted = use_record(actor=subject, counts=counts, kind="retrievals")
+        dropped: set[Any] = set()
+        for used in schedule.used:
+            ns_id = used.memory.namespace_id
+            if used.form != Form.PLAINTEXT or ns_id not in counts:
+                continue
+            if granted.get(ns_id, 0) > 0:
+                granted[ns_id] -= 1
+                continue
+            dropped.add(used.memory.id)
+            schedule.note(
+                form=Form.NONE,
+                action=DecisionAction.SKIP,
+                namespace=used.memory.namespace,
+                memory=used.memory,
+                reason="the licence's retrieval quota for this period is used up",
+            )
+        if dropped:
+            schedule.used = [u for u in schedule.used if u.memory.id not in dropped]
+            schedule.context_blocks = [
+                b for b in schedule.context_blocks if uuid.UUID(b.memory_id) not in dropped
+            ]
+    kv_packs = {u.memory.namespace_id for u in schedule.used if u.form == Form.KV}
+    if kv_packs:
+        use_record(actor=subject, counts=dict.fromkeys(kv_packs, 1), kind="kv_uses")
+    if schedule.adapter is not None:
+        use_record(actor=subject, counts={schedule.adapter.namespace_id: 1}, kind="adapter_uses")
+    drawn = {u.memory.namespace_id for u in schedule.used if is_pack(u.memory.namespace)}
+    if schedule.adapter is not None:
+        drawn.add(schedule.adapter.namespace_id)
+    if drawn:
+        use_record(actor=subject, counts=dict.fromkeys(drawn, 1), kind="chats")
+
+
 @transaction.atomic
 def chat_prepare(*, subject: Subject, request: ChatRequest) -> PreparedChat:
     """Read the request, schedule memories, and record the decisions, usage, reads and audit."""
     if not subject.has_scope("inference"):
         raise PermissionDenied("This API token lacks the 'inference' scope.")
     base_model = base_model_current()
-    namespaces = _resolve_namespaces(subject, request)
+    namespaces, refused = _licensed_namespaces(subject, request, _resolve_namespaces(subject, request))
     call = memory_call_read(messages=request.messages)
     schedule = schedule_request(
         subject=subject,
@@ -146,7 +212,15 @@ def chat_prepare(*, subject: Subject, request: ChatRequest) -> PreparedChat:
             action=DecisionAction.FALLBACK,
             reason="retrieval-only mode: no generator configured (MEMHUB_MODEL_PATH unset)",
         )
+    for ns, error in refused:
+        schedule.note(
+            form=Form.NONE,
+            action=DecisionAction.SKIP,
+            namespace=ns,
+            reason=str(getattr(error, "message", error)),
+        )
     _licensed(schedule)
+    _meter(subject, schedule)
     prepared = PreparedChat(
         request=request,
         schedule=schedule,

@@ -235,3 +235,50 @@ def kv_artifacts_demote_cold(*, now: Any = None) -> int:
             )
             demoted += 1
     return demoted
+
+
+def kv_schedule_for_namespace(*, namespace: Namespace, user: Any, current: BaseModel) -> list[str]:
+    """Request KV prefix builds of one installed pack, from its own (watermarked) memories, for the base
+    models its holder uses: the served one, and any other registered model the holder's packs were used
+    with whose files are still there. A pack too large for a prefix is skipped. Returns artifact ids."""
+    from inference.scheduler import estimate_tokens
+
+    cubes = pack_memories(namespace=namespace)
+    if not cubes:
+        return []
+    if sum(estimate_tokens(c.title + c.text) for c in cubes) > conf.kv_max_prefix_tokens():
+        return []
+    used = PackUsage.objects.filter(namespace__owner_user=user).values_list("base_model_id", flat=True)
+    models = [current] + [
+        m for m in BaseModel.objects.filter(pk__in=list(used)).exclude(pk=current.pk) if Path(m.path).is_dir()
+    ]
+    key = packs_content_key(packs=[(namespace, cubes)])
+    ids: list[str] = []
+    for model in models:
+        artifact = kv_artifact_find(
+            base_model=model, content_key=key, adapter_sha256="", dtype=conf.model_dtype()
+        )
+        if artifact is None:
+            artifact = KVArtifact.objects.create(
+                base_model=model,
+                model_fingerprint=model.fingerprint,
+                content_key=key,
+                adapter_sha256="",
+                dtype=conf.model_dtype(),
+                namespace_keys=[namespace.key],
+                status=ArtifactStatus.PENDING,
+            )
+            artifact.namespaces.set([namespace])
+        elif artifact.status == ArtifactStatus.READY or artifact.status == ArtifactStatus.BUILDING:
+            ids.append(str(artifact.id))
+            continue
+        artifact_id = str(artifact.id)
+
+        def enqueue(artifact_id: str = artifact_id) -> None:
+            from inference.tasks import kv_artifact_build_task
+
+            kv_artifact_build_task.delay(artifact_id)
+
+        transaction.on_commit(enqueue)
+        ids.append(artifact_id)
+    return ids

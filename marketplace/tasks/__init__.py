@@ -1,5 +1,5 @@
 """Marketplace Celery tasks (autodiscovered as `marketplace.tasks`), a module per area."""
 
-from marketplace.tasks import catalog, ingest, installs, licences, payments
+from marketplace.tasks import catalog, ingest, installs, licences, payments, releases
 
-__all__ = ["catalog", "ingest", "installs", "licences", "payments"]
+__all__ = ["catalog", "ingest", "installs", "licences", "payments", "releases"]

@@ -584,6 +584,27 @@ class VectorIndex:
         fields += ["valid_from_ts", "valid_to_ts", "version", "lexical"]
         return list(self.client.get(self.collection_name, ids=ids, output_fields=fields))
 
+    def vectors(self, ids: list[str]) -> dict[str, tuple[int, np.ndarray]]:
+        """Stored dense vectors by id, with the memory version each was computed for: `{id: (version,
+        vector)}`; ids not in the index are absent. For reusing a vector whose text did not change in
+        meaning (an installed copy of a pack memory), never for answering users."""
+        ids = list(dict.fromkeys(check_key(i, "id") for i in ids))
+        if not ids:
+            return {}
+        self.ensure_collection()
+        out: dict[str, tuple[int, np.ndarray]] = {}
+        for start in range(0, len(ids), WRITE_BATCH):
+            rows = self.client.get(
+                self.collection_name,
+                ids=ids[start : start + WRITE_BATCH],
+                output_fields=["id", "version", "dense"],
+            )
+            for row in rows:
+                vector = np.asarray(row["dense"], dtype=np.float32)
+                if vector.shape == (self.dim,) and np.isfinite(vector).all():
+                    out[str(row["id"])] = (int(row["version"]), vector)
+        return out
+
     def drop(self) -> None:
         with self._write_lock:
             if self.client.has_collection(self.collection_name):
