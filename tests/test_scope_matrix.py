@@ -368,6 +368,34 @@ CELLS: list[Cell] = [
         lambda w: f"{MP}/installations/{NOWHERE}/annotations/{NOWHERE}",
         (MARKET,),
     ),
+    # payments
+    Cell(
+        "v1:payments-checkout",
+        "POST",
+        lambda w: f"{MP}/packs/acme-press/tips/checkout",
+        (MARKET,),
+        lambda w: {"seats": 1},
+        actor="bob",
+    ),
+    Cell("v1:payments-orders", "GET", lambda w: f"{MP}/orders", (MARKET,), ok=200),
+    Cell("v1:payments-order", "GET", lambda w: f"{MP}/orders/{NOWHERE}", (MARKET,)),
+    Cell(
+        "v1:payments-order-refund", "POST", lambda w: f"{MP}/orders/{NOWHERE}/refund", (MARKET,), lambda w: {}
+    ),
+    Cell(
+        "v1:payments-earnings",
+        "GET",
+        lambda w: f"{MP}/publishers/acme-press/earnings",
+        (MARKET, READ),
+        ok=200,
+    ),
+    Cell(
+        "v1:payments-ledger-action",
+        "POST",
+        lambda w: f"{MP}/ledger/orders/{NOWHERE}/action",
+        (MARKET,),
+        lambda w: {"action": "pay"},
+    ),
     # licences
     Cell("v1:licences-list", "GET", lambda w: f"{MP}/licences", (MARKET,), ok=200),
     Cell("v1:licences-detail", "GET", lambda w: f"{MP}/licences/{NOWHERE}", (MARKET,)),
@@ -451,7 +479,7 @@ CELLS: list[Cell] = [
         ok=201,
     ),
     Cell("v1:studio-pack-item", "DELETE", lambda w: f"{PACK}/items/{NOWHERE}", (MARKET, WRITE)),
-    Cell("v1:studio-pack-item-preview", "GET", lambda w: f"{PACK}/items/{NOWHERE}/preview", (MARKET, WRITE)),
+    Cell("v1:studio-pack-item-preview", "GET", lambda w: f"{PACK}/items/{NOWHERE}/preview", (MARKET, READ)),
     Cell("v1:studio-pack-uploads", "GET", lambda w: f"{PACK}/uploads", (MARKET,), ok=200),
     Cell(
         "v1:studio-pack-uploads",
@@ -646,7 +674,10 @@ def test_no_credentials_is_a_401_and_writes_nothing(world, cell):
 # Who am I: any valid token may ask. The index dead-letter endpoints are for platform staff
 # (IsAdminUser), checked below.
 STAFF_ONLY = {("v1:index-dead-letters", "GET"), ("v1:index-dead-letters-retry", "POST")}
-EXEMPT = {("v1:me", "GET"), *STAFF_ONLY}
+# Gateway webhooks carry no user credentials: the signature on the body is the credential (their own
+# tests: tests/marketplace/test_payments_*.py refuse unsigned, forged and stale deliveries with 400).
+WEBHOOKS = {("v1:payments-webhook-stripe", "POST"), ("v1:payments-webhook-ledger", "POST")}
+EXEMPT = {("v1:me", "GET"), *STAFF_ONLY, *WEBHOOKS}
 
 
 def test_staff_only_endpoints_refuse_other_users(world):

@@ -211,6 +211,14 @@ CELERY_BEAT_SCHEDULE = {
     "inference-kv-demote-cold": {"task": "inference.tasks.kv_demote_cold_task", "schedule": 3600.0},
     "marketplace-licence-sweep": {"task": "marketplace.tasks.licences.licence_sweep", "schedule": 300.0},
     "marketplace-catalog-reindex": {"task": "marketplace.tasks.catalog.catalog_reindex", "schedule": 86400.0},
+    "marketplace-metered-usage": {
+        "task": "marketplace.tasks.payments.metered_usage_sweep",
+        "schedule": 86400.0,
+    },
+    "marketplace-checkout-reconcile": {
+        "task": "marketplace.tasks.payments.checkout_reconcile_stale",
+        "schedule": 3600.0,
+    },
 }
 
 # --- Governance ------------------------------------------------------------------------------------

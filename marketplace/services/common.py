@@ -34,13 +34,17 @@ def publisher_role(*, actor: Subject, publisher: Publisher) -> str | None:
     return next(iter(member), None)
 
 
-def require_publisher_admin(*, actor: Subject, publisher: Publisher, owner: bool = False) -> str:
+def require_publisher_admin(
+    *, actor: Subject, publisher: Publisher, owner: bool = False, write: bool = True
+) -> str:
     """Authoring a pack or publishing a release needs the `marketplace` and `memories:write` scopes and a
-    role for the publisher (`owner=True`: the owner role, for the profile, its members and payouts).
-    Publisher profiles are public, so a refusal is a 403 that says what is missing."""
+    role for the publisher (`owner=True`: the owner role, for the profile, its members and payouts;
+    `write=False`: a publisher-side read, such as a preview or the earnings report, needs
+    `memories:read` instead). Publisher profiles are public, so a refusal is a 403 that says what is
+    missing."""
     require_marketplace(actor)
     if actor.kind != SubjectKind.SYSTEM:
-        actor.require_scope(TokenScope.MEMORIES_WRITE.value)
+        actor.require_scope(TokenScope.MEMORIES_WRITE.value if write else TokenScope.MEMORIES_READ.value)
     role = publisher_role(actor=actor, publisher=publisher)
     if role is None:
         raise PermissionDenied(f"You do not publish for '{publisher.slug}'.")

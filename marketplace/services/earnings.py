@@ -41,7 +41,7 @@ def earnings_report(
     period: str = "month",
 ) -> dict[str, Any]:
     """Gross, fees, refunds and net per period (and in total), per currency, for the publisher's owners."""
-    require_publisher_admin(actor=actor, publisher=publisher, owner=True)
+    require_publisher_admin(actor=actor, publisher=publisher, owner=True, write=False)
     if period not in PERIODS:
         raise ApplicationError(
             f"Unknown period '{period}'. Use one of: {', '.join(PERIODS)}.", code="invalid_period"

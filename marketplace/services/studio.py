@@ -960,7 +960,7 @@ def pack_item_preview(*, actor: Subject, pack: Pack, cube_id: Any) -> dict[str, 
     from governance.models import WatermarkAssignment
     from governance.watermarking import watermark_embed
 
-    require_publisher_admin(actor=actor, publisher=pack.publisher)
+    require_publisher_admin(actor=actor, publisher=pack.publisher, write=False)
     cube = MemCube.objects.filter(pack_items__pack=pack, pk=cube_id).select_related("namespace").first()
     if cube is None:
         raise NotFound(f"Memory {cube_id} is not an item of this pack.")
