@@ -127,6 +127,11 @@ def _append(event: AuditEvent) -> None:
     if head is None:
         head = AuditChainHead(chain=event.chain)
         head.save(force_insert=True)  # a racing first writer makes this an IntegrityError: retried
+    _extend(event, head)
+
+
+def _extend(event: AuditEvent, head: AuditChainHead) -> None:
+    """Write `event` after `head` (whose row the caller has locked) and move the head on."""
     event.chain_seq = head.seq + 1
     event.prev_hash = head.hash
     event.at = timezone.now()  # taken under the lock, so times never go backwards within a chain
@@ -169,6 +174,15 @@ def audit_record(
         details={**context, **(details or {})},
     )
     outermost = not connection.in_atomic_block
+    if not outermost and connection.vendor == "postgresql":
+        # Inside the caller's transaction, on a database with row locks: once the chain's head row is
+        # locked nobody else can take the next position, so the append cannot conflict and needs no
+        # savepoint to retry in (two round trips less on every audited write). A chain without a head
+        # yet, where a racing first writer can conflict, takes the retrying path below.
+        head = AuditChainHead.objects.select_for_update().filter(chain=event.chain).first()
+        if head is not None:
+            _extend(event, head)
+            return event
     for attempt in range(1, APPEND_ATTEMPTS + 1):
         try:
             with transaction.atomic():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ import numpy as np
 
 from governance.watermark import canary as canary_mod
 from governance.watermark.keys import (
+    DOMAIN,
     _check_key,
     binomial_sf,
     bits_for,
@@ -272,6 +274,38 @@ def _items(text: str, slots: list[Slot]) -> tuple[list[str], list[int], list[int
     return items, starts, slot_of
 
 
+@functools.lru_cache(maxsize=64)
+def _hmac_states(key: bytes, label: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) under `key`, split at the message: the inner hash already fed the padded
+    key and the `keyed_u64` prefix, the outer one the padded key. Copying them per message is half the
+    cost of `hmac.new`/`hmac.digest`, which set the key up again on every call."""
+    k = hashlib.sha256(key).digest() if len(key) > 64 else key
+    k = k.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k) + DOMAIN + b"/" + label + b"/")
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    return inner, outer
+
+
+def _keyed_u64s(key: bytes, label: bytes, messages: Iterable[str]) -> list[int]:
+    """`keys.keyed_u64(key, label, m)` for each message, bit for bit (the same HMAC-SHA256 of the same
+    bytes; `tests/governance/test_watermark_text.py` checks it against `keyed_u64`): a 10,000-memory
+    install makes some 200,000 of these calls."""
+    inner, outer = _hmac_states(bytes(key), label)
+    out: list[int] = []
+    for m in messages:
+        i = inner.copy()
+        i.update(m.encode())
+        o = outer.copy()
+        o.update(i.digest())
+        out.append(int.from_bytes(o.digest()[:8], "little"))
+    return out
+
+
+def _keyed_vectors(key: bytes, label: bytes, messages: Iterable[str]) -> np.ndarray:
+    """`keys.slot_vectors`, through `_keyed_u64s`."""
+    return np.array(_keyed_u64s(key, label, messages), dtype=np.uint64)
+
+
 def _window(items: list[str], j: int, step: int, width: int) -> list[str]:
     out: list[str] = []
     k = j + step
@@ -288,9 +322,10 @@ def _slot_key(items: list[str], j: int) -> str:
 
 
 def _zw_context(items: list[str], j: int) -> str:
-    left = _window(items, j, -1, 1)
-    right = _window(items, j, 1, 1)
-    return f"{left[0] if left else '^'}\x1f{items[j]}\x1f{right[0] if right else '$'}"
+    # `_window(items, j, -1, 1)` and `_window(items, j, 1, 1)`, inlined: this runs once per word.
+    left = items[j - 1] if j > 0 and items[j - 1] != BOUNDARY else "^"
+    right = items[j + 1] if j + 1 < len(items) and items[j + 1] != BOUNDARY else "$"
+    return f"{left}\x1f{items[j]}\x1f{right}"
 
 
 # Installing one pack for many buyers analyses the same memories again and again; the analysis does not
@@ -300,8 +335,8 @@ def _analyze(text: str, key: bytes) -> _Analysis:
     slots = find_slots(text)
     items, starts, slot_of = _items(text, slots)
     named: list[Slot] = list(slots)
-    zw_starts: list[int] = []
-    zw_keys: list[str] = []
+    word_at: list[int] = []
+    contexts: list[str] = []
     for j, which in enumerate(slot_of):
         if which is not None:
             s = named[which]
@@ -309,15 +344,19 @@ def _analyze(text: str, key: bytes) -> _Analysis:
             continue
         if items[j] == BOUNDARY:
             continue
-        ctx = _zw_context(items, j)
-        if keyed_u64(key, b"zw-select", ctx.encode()) % ZW_EVERY == 0:
-            zw_starts.append(starts[j])
-            zw_keys.append(ctx)
+        word_at.append(starts[j])
+        contexts.append(_zw_context(items, j))
+    # Which words carry a zero-width mark: all the selection hashes at once (same values, fewer calls).
+    selected = [
+        i for i, h in enumerate(_keyed_u64s(key, b"zw-select", contexts)) if h % ZW_EVERY == 0
+    ]
+    zw_starts = [word_at[i] for i in selected]
+    zw_keys = [contexts[i] for i in selected]
     return _Analysis(
         slots=named,
-        slot_hashes=slot_vectors(key, b"slot", (s.key for s in named)),
+        slot_hashes=_keyed_vectors(key, b"slot", (s.key for s in named)),
         zw_starts=zw_starts,
-        zw_hashes=slot_vectors(key, b"zw", zw_keys),
+        zw_hashes=_keyed_vectors(key, b"zw", zw_keys),
         items=items,
         starts=starts,
         slot_of=slot_of,

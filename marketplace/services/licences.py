@@ -162,6 +162,7 @@ def licence_grant(
     holder_org: Organization | None = None,
     order: Order | None = None,
     reason: str = "",
+    order_is_locked: bool = False,
 ) -> Licence:
     """The licence `order` paid for (or, without an order, a free pack's), on the pack's terms.
 
@@ -169,11 +170,15 @@ def licence_grant(
     never gets two usable licences for one pack: a usable one is extended instead (expiry moves on by
     `licence_days` from the later of now and its current end; an order's seats are added), so renewals
     and top-ups keep their seats, usage and installations. Installations of an earlier, unusable licence
-    of the same holder and pack move to the new one and are resumed."""
+    of the same holder and pack move to the new one and are resumed.
+
+    `order_is_locked`: the caller already holds `order`'s row lock in this transaction and read it under
+    that lock (the webhook path), so it is not locked and read a second time."""
     if (holder_user is None) == (holder_org is None):
         raise ApplicationError("A licence has exactly one holder: a user or an organization.")
     if order is not None:
-        order = Order.objects.select_for_update().get(pk=order.pk)
+        if not order_is_locked:
+            order = Order.objects.select_for_update().get(pk=order.pk)
         if order.licence_id is not None:
             return Licence.objects.select_related("pack__publisher").get(pk=order.licence_id)
         if order.pack_id != pack.pk:
@@ -214,17 +219,28 @@ def licence_grant(
             status_reason=reason[:300],
             meta={"orders": [str(order.pk)]} if order is not None else {},
         )
-        licence.full_clean()
-        licence.save()
+        # The foreign keys are rows this transaction just read (the pack under its lock, the holder the
+        # caller passed), the one-holder constraint is checked above, and the database enforces both
+        # anyway: checking them again here costs a query each on the webhook's hot path.
+        licence.full_clean(
+            exclude=["pack", "holder_user", "holder_org"], validate_unique=False, validate_constraints=False
+        )
+        licence.save(force_insert=True)
         created = True
         # A lapsed licence's installations belong to the new one now, and come back.
         stale = [lic.pk for lic in held if lic.pk != licence.pk]
         if stale:
-            Installation.objects.filter(licence_id__in=stale, removed_at__isnull=True).update(licence=licence)
+            moved = Installation.objects.filter(licence_id__in=stale, removed_at__isnull=True).update(
+                licence=licence
+            )
+        else:
+            moved = 0
     if order is not None:
         Order.objects.filter(pk=order.pk).update(licence=licence)
         order.licence = licence
-    installations_sync(licence=licence, reason=reason)
+    # A brand-new licence has no installations unless some were just moved onto it.
+    if not created or moved:
+        installations_sync(licence=licence, reason=reason)
     _audit(
         licence,
         "licence.grant" if created else "licence.extend",

@@ -299,10 +299,15 @@ def order_locked(order_id: str) -> Order | None:
 def _grant(order: Order, *, reason: str) -> Licence:
     from marketplace.services.licences import licence_grant
 
+    # The caller (the webhook path, reconcile) holds the order's row lock and read it under that lock.
     if order.buyer_org_id is not None:
-        licence = licence_grant(pack=order.pack, holder_org=order.buyer_org, order=order, reason=reason)
+        licence = licence_grant(
+            pack=order.pack, holder_org=order.buyer_org, order=order, reason=reason, order_is_locked=True
+        )
     else:
-        licence = licence_grant(pack=order.pack, holder_user=order.buyer, order=order, reason=reason)
+        licence = licence_grant(
+            pack=order.pack, holder_user=order.buyer, order=order, reason=reason, order_is_locked=True
+        )
     order.licence = licence
     if order.subscription_id and not licence.gateway_subscription_id:
         Licence.objects.filter(pk=licence.pk).update(gateway_subscription_id=order.subscription_id)
