@@ -9,7 +9,15 @@ PACKS: list[dict[str, Any]] = [
         "slug": "python-pitfalls",
         "title": "Python Pitfalls",
         "description": "Hard-won lessons about Python gotchas, for coding agents.",
+        "summary": "Eight Python gotchas every coding agent should know.",
+        "category": "programming",
+        "readme": "# Python Pitfalls\n\nShort, checked lessons about the traps of the language: mutable "
+        "defaults, late binding, identity versus equality, floating point.\n",
         "tags": ["programming", "python"],
+        "questions": [
+            ("Why does my default list argument keep growing?", 0),
+            ("Why is 0.1 + 0.2 not equal to 0.3?", 4),
+        ],
         "memories": [
             "Mutable default arguments are evaluated once at function definition; use None and create the list "
             "inside the function.",
@@ -27,7 +35,13 @@ PACKS: list[dict[str, Any]] = [
         "slug": "eu-travel-facts",
         "title": "EU Travel Facts",
         "description": "Practical, dated facts for travel agents planning trips in Europe.",
+        "summary": "Visas, trains and customs for agents planning European trips.",
+        "category": "travel",
+        "readme": "# EU Travel Facts\n\nA monthly subscription: facts are kept current as rules change.\n",
         "tags": ["travel", "europe"],
+        "price_model": "subscription",
+        "price_cents": 900,
+        "quota_per_period": 10_000,
         "memories": [
             "The Schengen area lets travellers cross internal borders without passport checks.",
             "Short-stay visitors to Schengen may stay 90 days in any 180-day period.",
@@ -41,8 +55,13 @@ PACKS: list[dict[str, Any]] = [
         "slug": "kitchen-basics",
         "title": "Kitchen Basics",
         "description": "Cooking fundamentals: temperatures, ratios and food safety.",
+        "summary": "Temperatures, ratios and food safety for kitchen assistants.",
+        "category": "cooking",
+        "readme": "# Kitchen Basics\n\nOne payment, yours for good. Limited to 100 licences.\n",
         "tags": ["cooking"],
+        "price_model": "one_time",
         "price_cents": 499,
+        "seat_limit": 100,
         "memories": [
             "Chicken is safe to eat when its thickest part reaches 74 degrees Celsius (165 Fahrenheit).",
             "A basic vinaigrette is three parts oil to one part vinegar, plus salt and mustard to emulsify.",
@@ -51,6 +70,33 @@ PACKS: list[dict[str, Any]] = [
         ],
     },
 ]
+
+# A pack authored by uploading a document (chunked along its headings), priced per 1,000 retrievals.
+DOCUMENT_PACK: dict[str, Any] = {
+    "slug": "warehouse-handbook",
+    "title": "Warehouse Handbook",
+    "description": "How a small warehouse runs: hours, returns, fragile goods.",
+    "summary": "Operating procedures for logistics agents, from one uploaded handbook.",
+    "category": "logistics",
+    "tags": ["logistics"],
+    "price_model": "metered",
+    "price_cents": 50,
+    "filename": "warehouse-handbook.md",
+    "document": """# Warehouse handbook
+
+## Opening hours
+
+The warehouse opens at seven in the morning and closes early on public holidays.
+
+## Returns
+
+Returned goods are inspected within three working days and refunded when they are undamaged.
+
+## Fragile goods
+
+Fragile items are packed in double boxes with plenty of paper padding around them.
+""",
+}
 
 DEMO_USER = {"username": "demo", "password": "memhub-demo-password"}
 

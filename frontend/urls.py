@@ -9,6 +9,7 @@ urlpatterns = [
     path("memories/", views.memories, name="memories"),
     path("memories/<uuid:cube_id>/", views.memory_detail, name="memory-detail"),
     path("packs/", views.packs, name="packs"),
+    path("marketplace/ledger/checkout/<str:session_id>", views.ledger_checkout, name="ledger-checkout"),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

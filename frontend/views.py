@@ -17,6 +17,8 @@ from core.requests import current_user
 from governance.policy import Subject
 from marketplace import selectors as market_selectors
 from marketplace import services as market_services
+from marketplace.selectors.orders import ledger_order_for_session
+from marketplace.services.orders import checkout_create, ledger_order_action
 from vault import selectors as vault_selectors
 from vault import services as vault_services
 
@@ -94,13 +96,24 @@ def memory_detail(request: HttpRequest, cube_id: UUID) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def packs(request: HttpRequest) -> HttpResponse:
+    """The catalog. Installing a free pack (or one you hold a licence for) is one click; a paid pack you
+    have no licence for goes to checkout, and the licence arrives from the gateway's verified webhook."""
     if request.method == "POST":
+        actor = Subject.from_request(request)
         try:
             pack = market_selectors.pack_get(
                 publisher_slug=request.POST.get("publisher", ""), slug=request.POST.get("slug", "")
             )
             release = market_selectors.release_get(pack=pack, version=None)
-            installation = market_services.pack_install(actor=Subject.from_request(request), release=release)
+            try:
+                installation = market_services.pack_install(actor=actor, release=release)
+            except ApplicationError as exc:
+                if exc.status != 402 or pack.is_free:
+                    raise
+                order = checkout_create(actor=actor, pack=pack)
+                if order.gateway == "ledger":  # this instance's own checkout page, on whatever host serves it
+                    return redirect("ledger-checkout", session_id=order.checkout_session_id)
+                return redirect(order.checkout_url)
             messages.success(
                 request, f"Installed {pack.title} {release.version} into {installation.namespace.key}."
             )
@@ -116,6 +129,33 @@ def packs(request: HttpRequest) -> HttpResponse:
             "installed": installed,
         },
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def ledger_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The built-in test ledger's checkout page (the embedded default's stand-in for Stripe Checkout):
+    the buyer pays or declines; the ledger then signs and delivers the events to the same webhook path
+    Stripe's take, and that is what grants the licence."""
+    actor = Subject.from_request(request)
+    order = ledger_order_for_session(actor=actor, session_id=session_id)
+    if order is None:
+        raise Http404("No such checkout.")
+    if request.method == "POST":
+        action = request.POST.get("action", "")
+        try:
+            order = ledger_order_action(actor=actor, order_id=order.pk, action=action)
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+            return redirect("ledger-checkout", session_id=session_id)
+        if order.licence_id:
+            messages.success(request, f"Paid: your licence for {order.pack.title} is active. Install it now.")
+        else:
+            messages.error(
+                request, f"The payment for {order.pack.title} did not go through ({order.status})."
+            )
+        return redirect("packs")
+    return render(request, "frontend/ledger_checkout.html", {"order": order})
 
 
 API_PREFIXES = ("/api/", "/v1/", "/.well-known/")

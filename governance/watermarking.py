@@ -92,6 +92,25 @@ def watermark_assign(
     return assignment
 
 
+# Every install of a pack builds the same vocabulary from the same texts: keep the last few packs'.
+_VOCABULARY_CACHE: dict[str, tuple[str, ...]] = {}
+_VOCABULARY_CACHE_SIZE = 8
+
+
+def _pack_vocabulary(texts: list[str]) -> tuple[str, ...]:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    key = digest.hexdigest()
+    vocabulary = _VOCABULARY_CACHE.get(key)
+    if vocabulary is None:
+        vocabulary = tuple(_wm().pack_vocabulary(texts))
+        if len(_VOCABULARY_CACHE) >= _VOCABULARY_CACHE_SIZE:
+            _VOCABULARY_CACHE.pop(next(iter(_VOCABULARY_CACHE)))
+        _VOCABULARY_CACHE[key] = vocabulary
+    return vocabulary
+
+
 def watermark_embed(*, assignment: WatermarkAssignment, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The installation's copy of memory items (dicts as `memory_import_batch` takes them): plaintext
     texts watermarked, plus `assignment.canaries` canary memories written in the pack's own nouns and
@@ -115,7 +134,7 @@ def watermark_embed(*, assignment: WatermarkAssignment, items: list[dict[str, An
             key=key,
             installation_id=assignment.watermark_id,
             count=assignment.canaries,
-            vocabulary=wm.pack_vocabulary(originals),
+            vocabulary=_pack_vocabulary(originals),
         ):
             out.append(
                 {

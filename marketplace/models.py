@@ -407,6 +407,10 @@ class Order(models.Model):
     def __str__(self) -> str:
         return f"order {self.id} ({self.status})"
 
+    @property
+    def amount_display(self) -> str:
+        return f"{self.amount_cents / 100:.2f} {self.currency.upper()}"
+
 
 class OrderEvent(models.Model):
     """One state change of an order, with what caused it (a gateway event id, a user, a sweep)."""

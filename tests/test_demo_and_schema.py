@@ -2,7 +2,7 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import User
-from marketplace.models import Installation, Pack
+from marketplace.models import Installation, Order, Pack, PackRelease, PackUpload, Review
 
 pytestmark = pytest.mark.django_db
 
@@ -11,8 +11,25 @@ def test_seed_demo_is_idempotent():
     call_command("seed_demo")
     call_command("seed_demo")
     assert User.objects.filter(username="demo").count() == 1
-    assert Pack.objects.count() == 3
-    assert Installation.objects.filter(user__username="demo").count() == 1
+    # Every price model is on show, one pack was authored from an uploaded document, and each has a
+    # signed release with its card.
+    assert sorted(Pack.objects.values_list("price_model", flat=True)) == [
+        "free",
+        "metered",
+        "one_time",
+        "subscription",
+    ]
+    assert PackUpload.objects.filter(kind="document", status="done").count() == 1
+    assert all(r.signature and r.card for r in PackRelease.objects.all())
+    recall = PackRelease.objects.get(pack__slug="python-pitfalls").card["evaluation"]
+    assert recall, "the demo pack's card reports recall on its evaluation questions"
+    # The demo user installed a free pack, bought a paid one through the ledger's signed webhook,
+    # and reviewed one.
+    demo = User.objects.get(username="demo")
+    assert Installation.objects.filter(user=demo).count() == 2
+    order = Order.objects.get(buyer=demo)
+    assert order.status == "paid" and order.licence and order.events.count() >= 3
+    assert Review.objects.filter(author=demo).count() == 1
 
 
 def test_openapi_schema_documents_the_memory_api(client):

@@ -1115,7 +1115,10 @@ def _reuse_settings() -> tuple[bool, float]:
 
 
 def index_upsert_reusing(
-    *, cube_ids: Sequence[Any], sources: dict[Any, VectorSource] | None = None
+    *,
+    cube_ids: Sequence[Any],
+    sources: dict[Any, VectorSource] | None = None,
+    cubes: Sequence[MemCube] | None = None,
 ) -> dict[str, int]:
     """Index these memories now, reusing stored vectors where that is sound, and settle their outbox rows.
 
@@ -1123,15 +1126,23 @@ def index_upsert_reusing(
     `VAULT_INSTALL_VECTOR_REUSE` is on (default), the index holds that vector for exactly the version
     named, and the copy's text differs from that version's only by near-synonymous word swaps
     (`vault.index.reuse`); every other memory is embedded. Returns counts: `reused`, `embedded`,
-    `removed`. Raises if the index is unavailable (the outbox rows then stay, and the worker retries)."""
+    `removed`. Raises if the index is unavailable (the outbox rows then stay, and the worker retries).
+
+    `cubes`: the rows themselves, when the caller has just written them in a transaction of its own that
+    has committed (an install's chunk): they are used as they are instead of being read back (10,000
+    model instances and a large query on a 10,000-memory install). Ids without a row there are read."""
     from vault.index import get_index
     from vault.index.reuse import vector_reusable
 
     index = get_index()
     ids = list(dict.fromkeys(cube_ids))
-    cubes = {c.id: c for c in MemCube.objects.filter(pk__in=ids)}
-    live = [cubes[i] for i in ids if i in cubes and _indexable(cubes[i])]
-    gone = [str(i) for i in ids if i not in cubes or not _indexable(cubes[i])]
+    asked = set(ids)
+    rows: dict[Any, MemCube] = {c.id: c for c in cubes or () if c.id in asked}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        rows.update({c.id: c for c in MemCube.objects.filter(pk__in=missing)})
+    live = [rows[i] for i in ids if i in rows and _indexable(rows[i])]
+    gone = [str(i) for i in ids if i not in rows or not _indexable(rows[i])]
     enabled, threshold = _reuse_settings()
     stored: dict[str, tuple[int, Any]] = {}
     if enabled and sources:

@@ -44,7 +44,6 @@ from governance.watermark.keys import (
     installation_vector,
     installation_vectors,
     keyed_u64,
-    slot_vectors,
 )
 from governance.watermark.lexicon import (
     INTENSIFIERS,
@@ -283,13 +282,19 @@ def _hmac_states(key: bytes, label: bytes) -> tuple[Any, Any]:
     k = k.ljust(64, b"\0")
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in k) + DOMAIN + b"/" + label + b"/")
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    # Once per key and label: the split states must give exactly what `keyed_u64` gives.
+    i = inner.copy()
+    i.update(b"check")
+    o = outer.copy()
+    o.update(i.digest())
+    if int.from_bytes(o.digest()[:8], "little") != keyed_u64(key, label, b"check"):
+        raise AssertionError("split HMAC state disagrees with keyed_u64")
     return inner, outer
 
 
 def _keyed_u64s(key: bytes, label: bytes, messages: Iterable[str]) -> list[int]:
     """`keys.keyed_u64(key, label, m)` for each message, bit for bit (the same HMAC-SHA256 of the same
-    bytes; `tests/governance/test_watermark_text.py` checks it against `keyed_u64`): a 10,000-memory
-    install makes some 200,000 of these calls."""
+    bytes): a 10,000-memory install makes some 200,000 of these calls."""
     inner, outer = _hmac_states(bytes(key), label)
     out: list[int] = []
     for m in messages:
@@ -330,7 +335,9 @@ def _zw_context(items: list[str], j: int) -> str:
 
 # Installing one pack for many buyers analyses the same memories again and again; the analysis does not
 # depend on the installation, only the bits do.
-@functools.lru_cache(maxsize=1024)
+# Sized for a large pack (10,000 memories): an LRU smaller than the pack evicts every entry before its
+# next use when installs walk the pack in order, and then caches nothing.
+@functools.lru_cache(maxsize=16_384)
 def _analyze(text: str, key: bytes) -> _Analysis:
     slots = find_slots(text)
     items, starts, slot_of = _items(text, slots)
@@ -347,9 +354,7 @@ def _analyze(text: str, key: bytes) -> _Analysis:
         word_at.append(starts[j])
         contexts.append(_zw_context(items, j))
     # Which words carry a zero-width mark: all the selection hashes at once (same values, fewer calls).
-    selected = [
-        i for i, h in enumerate(_keyed_u64s(key, b"zw-select", contexts)) if h % ZW_EVERY == 0
-    ]
+    selected = [i for i, h in enumerate(_keyed_u64s(key, b"zw-select", contexts)) if h % ZW_EVERY == 0]
     zw_starts = [word_at[i] for i in selected]
     zw_keys = [contexts[i] for i in selected]
     return _Analysis(

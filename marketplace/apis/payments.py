@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Organization
-from core.errors import ApplicationError, NotFound
+from core.errors import NotFound
 from core.pagination import page_parameters, paginated, paginated_response
 from core.serializers import InstantField, StrictSerializer, validated
 from core.throttling import throttles
@@ -311,12 +311,10 @@ class LedgerWebhookApi(_WebhookApi):
 
 # --- the test ledger's buyer-side actions (the embedded default's "card network") --------------------------
 
-LEDGER_ACTIONS = ("pay", "pay_async", "settle", "fail", "expire", "renew", "renew_fail", "dispute")
-
 
 class LedgerActionApi(MarketplaceApi):
     class InputSerializer(StrictSerializer):
-        action = serializers.ChoiceField(choices=LEDGER_ACTIONS)
+        action = serializers.ChoiceField(choices=order_services.LEDGER_ACTIONS)
 
     @extend_schema(
         operation_id="marketplace_ledger_action",
@@ -330,35 +328,9 @@ class LedgerActionApi(MarketplaceApi):
         tags=["marketplace"],
     )
     def post(self, request: Request, order_id: Any) -> Response:
-        from marketplace.payments import ledger
-
         data = validated(self.InputSerializer, request.data)
         actor = Subject.from_request(request, operation="ledger.action")
-        order = order_get(actor=actor, order_id=order_id)
-        if order.gateway != "ledger" or order.buyer_id != actor.user.pk:
-            raise NotFound("Order not found.")
-        action = data["action"]
-        if action in ("pay", "pay_async", "settle", "fail", "expire") and not order.checkout_session_id:
-            raise ApplicationError("The order has no checkout session.", status=409, code="no_session")
-        if action == "pay":
-            ledger.ledger_session_pay(order.checkout_session_id)
-        elif action == "pay_async":
-            ledger.ledger_session_pay(order.checkout_session_id, async_payment=True)
-        elif action == "settle":
-            ledger.ledger_session_settle(order.checkout_session_id, succeed=True)
-        elif action == "fail":
-            ledger.ledger_session_settle(order.checkout_session_id, succeed=False)
-        elif action == "expire":
-            ledger.ledger_session_expire(order.checkout_session_id)
-        elif action in ("renew", "renew_fail"):
-            if not order.subscription_id:
-                raise ApplicationError("The order has no subscription.", status=409, code="no_subscription")
-            order_services.metered_usage_report(order=order)
-            ledger.ledger_subscription_renew(order.subscription_id, paid=action == "renew")
-        else:
-            if not order.payment_intent_id:
-                raise ApplicationError("The order has no payment to dispute.", status=409, code="no_payment")
-            ledger.ledger_dispute(order.payment_intent_id)
+        order_services.ledger_order_action(actor=actor, order_id=order_id, action=data["action"])
         return Response(OrderDetailOutput(order_get(actor=actor, order_id=order_id)).data)
 
 

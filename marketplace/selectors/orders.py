@@ -46,3 +46,14 @@ def order_get(*, actor: Subject, order_id: str | uuid.UUID) -> Order:
     if order is None or not order_visible(actor=actor, order=order):
         raise NotFound("Order not found.")
     return order
+
+
+def ledger_order_for_session(*, actor: Subject, session_id: str) -> Order | None:
+    """The caller's own test-ledger order behind a checkout session (None for anyone else's)."""
+    if not actor.is_user:
+        return None
+    return (
+        Order.objects.select_related("pack__publisher")
+        .filter(gateway="ledger", checkout_session_id=session_id[:100], buyer=actor.user)
+        .first()
+    )

@@ -335,7 +335,8 @@ def _index_copies(cubes: Iterable[MemCube], sources: dict[Any, VectorSource]) ->
         c.id: sources[c.provenance_id] for c in cubes if c.provenance_id in sources and not c.is_canary
     }
     try:
-        return index_upsert_reusing(cube_ids=[c.id for c in cubes], sources=by_copy)
+        # The chunk's transaction has committed: its rows are indexed as written, not read back.
+        return index_upsert_reusing(cube_ids=[c.id for c in cubes], sources=by_copy, cubes=cubes)
     except Exception as exc:  # the index is derived data: the copy stands, the outbox catches up
         logger.warning("indexing installed copies now failed (%s); the index worker will retry", exc)
         return {"reused": 0, "embedded": 0, "removed": 0, "deferred": len(cubes)}

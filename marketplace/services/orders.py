@@ -657,3 +657,45 @@ def checkout_reconcile_stale(*, older_than_hours: int = 25) -> int:
     for pk in ids:
         checkout_reconcile(order_id=str(pk))
     return len(ids)
+
+
+LEDGER_ACTIONS = ("pay", "pay_async", "settle", "fail", "expire", "renew", "renew_fail", "dispute")
+
+
+def ledger_order_action(*, actor: Subject, order_id: Any, action: str) -> Order:
+    """What a buyer does at the built-in test ledger's checkout (pay, fail, ...) or later (a renewal, a
+    dispute): the ledger changes its own objects and delivers the signed events to our webhook path, as a
+    real gateway would. Only the order's buyer, only for ledger orders (404 otherwise)."""
+    from marketplace.payments import ledger
+    from marketplace.selectors.orders import order_get
+
+    if action not in LEDGER_ACTIONS:
+        raise ApplicationError(
+            f"Unknown ledger action '{action}'; expected one of {', '.join(LEDGER_ACTIONS)}.",
+            extra={"field": "action"},
+        )
+    order = order_get(actor=actor, order_id=order_id)
+    if order.gateway != "ledger" or not actor.is_user or order.buyer_id != actor.user.pk:
+        raise NotFound("Order not found.")
+    if action in ("pay", "pay_async", "settle", "fail", "expire") and not order.checkout_session_id:
+        raise ApplicationError("The order has no checkout session.", status=409, code="no_session")
+    if action == "pay":
+        ledger.ledger_session_pay(order.checkout_session_id)
+    elif action == "pay_async":
+        ledger.ledger_session_pay(order.checkout_session_id, async_payment=True)
+    elif action == "settle":
+        ledger.ledger_session_settle(order.checkout_session_id, succeed=True)
+    elif action == "fail":
+        ledger.ledger_session_settle(order.checkout_session_id, succeed=False)
+    elif action == "expire":
+        ledger.ledger_session_expire(order.checkout_session_id)
+    elif action in ("renew", "renew_fail"):
+        if not order.subscription_id:
+            raise ApplicationError("The order has no subscription.", status=409, code="no_subscription")
+        metered_usage_report(order=order)
+        ledger.ledger_subscription_renew(order.subscription_id, paid=action == "renew")
+    else:
+        if not order.payment_intent_id:
+            raise ApplicationError("The order has no payment to dispute.", status=409, code="no_payment")
+        ledger.ledger_dispute(order.payment_intent_id)
+    return order_get(actor=actor, order_id=order_id)

@@ -62,12 +62,38 @@ def test_demo_user_logs_in_sees_namespaces_and_installs_a_pack(page):
     assert page.locator("text=user:demo").count() >= 1
     assert page.locator("text=Python Pitfalls").count() >= 1  # installed by the demo data
     page.click("text=Packs")
+    assert page.locator("article.pack", has_text="Kitchen Basics").locator("text=Installed").count() == 1
+
+
+def test_buying_a_paid_pack_on_the_test_ledger_then_installing_it(page):
+    """Buy: the catalog sends the buyer to checkout (here the built-in test ledger's page); paying there
+    makes the ledger deliver its signed webhook, which grants the licence; then the pack installs."""
+    login(page)
+    page.wait_for_selector("text=Welcome, demo")
+    page.goto("/packs/")
     card = page.locator("article.pack", has_text="EU Travel Facts")
-    card.get_by_role("button", name="Install").click()
+    card.get_by_role("button", name="Buy or install").click()
+    page.wait_for_selector("h1:has-text('Checkout')")
+    assert "9.00 USD" in page.locator("article").inner_text()
+    page.get_by_role("button", name="Pay", exact=True).click()
+    assert "licence for EU Travel Facts is active" in page.get_by_role("status").inner_text()
+    page.locator("article.pack", has_text="EU Travel Facts").get_by_role(
+        "button", name="Buy or install"
+    ).click()
     assert "Installed EU Travel Facts 1.0.0" in page.get_by_role("status").inner_text()
-    paid = page.locator("article.pack", has_text="Kitchen Basics")
-    paid.get_by_role("button", name="Install").click()
-    assert "paid" in page.locator(".flash.error").inner_text()
+
+
+def test_cancelling_at_the_ledger_checkout_grants_nothing(page):
+    login(page)
+    page.wait_for_selector("text=Welcome, demo")
+    page.goto("/packs/")
+    page.locator("article.pack", has_text="Warehouse Handbook").get_by_role(
+        "button", name="Buy or install"
+    ).click()
+    page.wait_for_selector("h1:has-text('Checkout')")
+    page.get_by_role("button", name="Cancel").click()
+    assert "did not go through" in page.locator(".flash.error").inner_text()
+    assert page.locator("article.pack", has_text="Warehouse Handbook").locator("text=Installed").count() == 0
 
 
 def test_memories_page_lists_private_memories(page):

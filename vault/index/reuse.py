@@ -17,15 +17,26 @@ computed vectors of watermarked copies (docs/marketplace/installs.md).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+import sys
 import unicodedata
 
 DEFAULT_MIN_SIMILARITY = 0.85
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
+@functools.cache
+def _format_chars() -> dict[int, None]:
+    """A `str.translate` table deleting every Unicode format character (category Cf): built once (a
+    fraction of a second), then stripping costs one C call per text instead of a Python call per char."""
+    return {cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) == "Cf"}
+
+
 def _strip_format(text: str) -> str:
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    if text.isascii():  # no ASCII character is a format character
+        return text
+    return text.translate(_format_chars())
 
 
 def _words(text: str) -> list[str]:

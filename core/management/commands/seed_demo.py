@@ -1,4 +1,6 @@
-"""Idempotent demo data: a publisher with packs and releases, a demo user with an installed pack."""
+"""Idempotent demo data that shows the marketplace: a publisher with free, one-time, subscription and
+metered packs (one authored by uploading a document), signed releases with pack cards, a demo user who
+installed a free pack, bought a paid one on the built-in test ledger and reviewed one."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ from governance.pii import pii_resolve, pii_scan_inline
 from governance.policy import Subject
 from marketplace import services as market
 from marketplace.models import Pack, Publisher
+from marketplace.payments.ledger import ledger_session_pay
+from marketplace.services.catalog import catalog_reindex
+from marketplace.services.orders import checkout_create
+from marketplace.services.releases import evaluation_question_create
+from marketplace.services.reviews import review_create
+from marketplace.services.studio import pack_upload_create
 from vault.services import memory_create_batch
 
 
@@ -40,6 +48,7 @@ class Command(BaseCommand):
             slug=demo_data.PUBLISHER["slug"],
             display_name=demo_data.PUBLISHER["name"],
         )
+        listing_fields = ("summary", "category", "readme", "price_model", "seat_limit", "quota_per_period")
         for spec in demo_data.PACKS:
             pack = Pack.objects.filter(publisher=publisher, slug=spec["slug"]).first()
             if pack is None:
@@ -51,16 +60,25 @@ class Command(BaseCommand):
                     description=spec["description"],
                     tags=spec["tags"],
                     price_cents=spec.get("price_cents", 0),
+                    **{k: spec[k] for k in listing_fields if k in spec},
                 )
                 cubes = market.pack_add_memories(
                     actor=Subject(user=expert),
                     pack=pack,
                     items=[{"text": t, "semantic_type": "fact"} for t in spec["memories"]],
                 )
+                for question, answer in spec.get("questions", []):
+                    evaluation_question_create(
+                        actor=Subject(user=expert),
+                        pack=pack,
+                        question=question,
+                        answer_provenance_ids=[str(cubes[answer].provenance_id)],
+                    )
                 _clear_publish_gate(expert=expert, namespace_key=publisher.namespace.key, cubes=cubes)
                 market.release_publish(
                     actor=Subject(user=expert), pack=pack, version="1.0.0", notes="First release."
                 )
+        _document_pack(expert=expert, publisher=publisher)
         demo = User.objects.filter(username=demo_data.DEMO_USER["username"]).first()
         if demo is None:
             demo = accounts.user_create(username=demo_data.DEMO_USER["username"], password=password)
@@ -69,8 +87,19 @@ class Command(BaseCommand):
                 namespace_key="user:demo",
                 items=[{"text": t, "semantic_type": "preference"} for t in demo_data.PRIVATE_MEMORIES],
             )
+            as_demo = Subject(user=demo)
             free = Pack.objects.get(publisher=publisher, slug="python-pitfalls")
-            market.pack_install(actor=Subject(user=demo), release=free.releases.get(version="1.0.0"))
+            market.pack_install(actor=as_demo, release=free.releases.get(version="1.0.0"))
+            review_create(
+                actor=as_demo, pack=free, rating=5, title="Saved my agent", body="Short, correct, useful."
+            )
+            # Buying goes through the same path a real buyer takes: checkout, then the gateway's signed
+            # webhook grants the licence (here the built-in test ledger pays and signs).
+            paid = Pack.objects.get(publisher=publisher, slug="kitchen-basics")
+            order = checkout_create(actor=as_demo, pack=paid, idempotency_key="demo-kitchen-basics")
+            ledger_session_pay(order.checkout_session_id)
+            market.pack_install(actor=as_demo, release=paid.releases.get(version="1.0.0"))
+        transaction.on_commit(catalog_reindex)  # listings searchable at once, worker or not
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: user 'demo' / '{password}'"))
 
 
@@ -89,3 +118,32 @@ def _clear_publish_gate(*, expert: User, namespace_key: str, cubes: list[Any]) -
             finding_ids=finding_ids,
             reason="Demo pack: public places and technical terms, not personal data.",
         )
+
+
+def _document_pack(*, expert: User, publisher: Publisher) -> None:
+    """A pack authored the way most experts will: by uploading a document, chunked along its headings."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    spec = demo_data.DOCUMENT_PACK
+    if Pack.objects.filter(publisher=publisher, slug=spec["slug"]).exists():
+        return
+    actor = Subject(user=expert)
+    pack = market.pack_create(
+        actor=actor,
+        publisher=publisher,
+        slug=spec["slug"],
+        title=spec["title"],
+        description=spec["description"],
+        tags=spec["tags"],
+        price_cents=spec["price_cents"],
+        **{k: spec[k] for k in ("summary", "category", "price_model")},
+    )
+    document = SimpleUploadedFile(spec["filename"], spec["document"].encode(), "text/markdown")
+    pack_upload_create(actor=actor, pack=pack, kind="document", files={"file": document}, inline=True)
+    cubes = list(pack.items.select_related("cube").values_list("cube", flat=True))
+    from vault.models import MemCube
+
+    _clear_publish_gate(
+        expert=expert, namespace_key=publisher.namespace.key, cubes=list(MemCube.objects.filter(pk__in=cubes))
+    )
+    market.release_publish(actor=actor, pack=pack, version="1.0.0", notes="From the uploaded handbook.")
