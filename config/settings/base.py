@@ -296,4 +296,6 @@ LOGGING = {
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "MemoryKindEnum": "vault.models.MemoryKind",
     "OrgRoleEnum": "accounts.models.Role",
+    "PackFormEnum": "marketplace.models.ALL_FORMS",
+    "PriceModelEnum": "marketplace.models.PriceModel",
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,21 +15,9 @@ from core.serializers import StrictCharField, StrictSerializer, validated
 from governance.policy import Subject
 from marketplace import selectors
 from marketplace.apis.base import MarketplaceApi
+from marketplace.apis.base import MarketplaceErrorOutput as InstallErrorOutput
 from marketplace.selectors import installs as install_selectors
 from marketplace.services import installs as install_services
-
-
-class InstallErrorOutput(serializers.Serializer):
-    error = inline_serializer(
-        name="InstallErrorBody",
-        fields={
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "fields": serializers.JSONField(required=False),
-            "extra": serializers.JSONField(required=False),
-        },
-    )
-
 
 ERRORS = {
     400: InstallErrorOutput,

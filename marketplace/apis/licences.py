@@ -13,26 +13,10 @@ from core.errors import NotFound
 from core.serializers import StrictSerializer, validated
 from governance.policy import Subject
 from marketplace.apis.base import MarketplaceApi
+from marketplace.apis.base import error_responses as _errors
 from marketplace.selectors import licences as licence_selectors
 from marketplace.services import licences as licence_services
 from marketplace.services.metering import period_start, usage_for_period
-
-
-class LicenceErrorOutput(serializers.Serializer):
-    error = inline_serializer(
-        name="LicenceErrorBody",
-        fields={
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "fields": serializers.JSONField(required=False),
-            "extra": serializers.JSONField(required=False),
-        },
-    )
-
-
-def _errors(*statuses: int) -> dict[int, type[LicenceErrorOutput]]:
-    """The error responses an operation documents: each in the one error shape."""
-    return dict.fromkeys(statuses, LicenceErrorOutput)
 
 
 class UsageOutput(serializers.Serializer):

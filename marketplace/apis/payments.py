@@ -19,22 +19,12 @@ from core.serializers import InstantField, StrictSerializer, validated
 from core.throttling import throttles
 from governance.policy import Subject
 from marketplace.apis.base import MarketplaceApi
+from marketplace.apis.base import MarketplaceErrorOutput as ErrorOutput
 from marketplace.models import Order, Pack, Publisher
 from marketplace.payments.webhooks import webhook_receive
 from marketplace.selectors.orders import order_get, order_list
 from marketplace.services import earnings as earnings_services
 from marketplace.services import orders as order_services
-
-
-class ErrorBody(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.JSONField(required=False)  # type: ignore[assignment]  # popped by the metaclass
-    extra = serializers.JSONField(required=False)
-
-
-class ErrorOutput(serializers.Serializer):
-    error = ErrorBody()
 
 
 def _err(description: str) -> OpenApiResponse:
@@ -94,13 +84,13 @@ def _pack(publisher: str, slug: str) -> Pack:
 class CheckoutApi(MarketplaceApi):
     throttle_classes = throttles("checkout")
 
-    class InputSerializer(StrictSerializer):
+    class CheckoutInput(StrictSerializer):
         seats = serializers.IntegerField(min_value=1, max_value=order_services.MAX_SEATS_PER_ORDER, default=1)
         organization = serializers.SlugField(required=False, max_length=64, allow_null=True)
 
     @extend_schema(
         operation_id="marketplace_pack_checkout",
-        request=InputSerializer,
+        request=CheckoutInput,
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
@@ -121,7 +111,7 @@ class CheckoutApi(MarketplaceApi):
         tags=["marketplace"],
     )
     def post(self, request: Request, publisher: str, slug: str) -> Response:
-        data = validated(self.InputSerializer, request.data)
+        data = validated(self.CheckoutInput, request.data)
         pack = _pack(publisher, slug)
         org = None
         if data.get("organization"):
@@ -165,12 +155,12 @@ class OrderDetailApi(MarketplaceApi):
 
 
 class OrderRefundApi(MarketplaceApi):
-    class InputSerializer(StrictSerializer):
+    class RefundInput(StrictSerializer):
         amount_cents = serializers.IntegerField(min_value=1, required=False)
 
     @extend_schema(
         operation_id="marketplace_order_refund",
-        request=InputSerializer,
+        request=RefundInput,
         responses={
             200: OrderDetailOutput,
             400: _err("The amount is more than was paid and not yet refunded (refund_too_large)."),
@@ -182,7 +172,7 @@ class OrderRefundApi(MarketplaceApi):
         tags=["marketplace"],
     )
     def post(self, request: Request, order_id: Any) -> Response:
-        data = validated(self.InputSerializer, request.data)
+        data = validated(self.RefundInput, request.data)
         actor = Subject.from_request(request, operation="order.refund")
         order = order_get(actor=actor, order_id=order_id)
         order_services.order_refund(actor=actor, order=order, amount_cents=data.get("amount_cents"))
@@ -313,12 +303,12 @@ class LedgerWebhookApi(_WebhookApi):
 
 
 class LedgerActionApi(MarketplaceApi):
-    class InputSerializer(StrictSerializer):
+    class LedgerActionInput(StrictSerializer):
         action = serializers.ChoiceField(choices=order_services.LEDGER_ACTIONS)
 
     @extend_schema(
         operation_id="marketplace_ledger_action",
-        request=InputSerializer,
+        request=LedgerActionInput,
         responses={
             200: OrderDetailOutput,
             400: _err("Unknown action."),
@@ -328,7 +318,7 @@ class LedgerActionApi(MarketplaceApi):
         tags=["marketplace"],
     )
     def post(self, request: Request, order_id: Any) -> Response:
-        data = validated(self.InputSerializer, request.data)
+        data = validated(self.LedgerActionInput, request.data)
         actor = Subject.from_request(request, operation="ledger.action")
         order_services.ledger_order_action(actor=actor, order_id=order_id, action=data["action"])
         return Response(OrderDetailOutput(order_get(actor=actor, order_id=order_id)).data)

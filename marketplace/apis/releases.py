@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -14,6 +12,7 @@ from core.errors import ApplicationError
 from core.serializers import StrictCharField, StrictSerializer, validated
 from governance.policy import Subject
 from marketplace.apis.base import MarketplaceApi
+from marketplace.apis.base import error_responses as errors
 from marketplace.models import EvaluationQuestion, PackRelease
 from marketplace.selectors import releases as selectors
 from marketplace.services import releases as services
@@ -22,23 +21,6 @@ TAGS = ["marketplace"]
 
 
 # --- shapes -------------------------------------------------------------------------------------------
-
-
-@extend_schema_serializer(component_name="MarketplaceReleaseErrorBody")
-class ErrorBody(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    # (validation errors also carry `fields`: a serializer cannot declare a field of that name)
-    extra = serializers.JSONField(required=False)
-
-
-@extend_schema_serializer(component_name="MarketplaceReleaseError")
-class ErrorOutput(serializers.Serializer):
-    error = ErrorBody()
-
-
-def errors(*codes: int) -> dict[int, Any]:
-    return {c: ErrorOutput for c in codes}
 
 
 @extend_schema_serializer(component_name="ReleaseSummaryOutput")

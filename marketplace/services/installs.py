@@ -294,11 +294,19 @@ def _item_for(version: MemCubeVersion, *, release: PackRelease, installation: In
 
 def _release_versions(release: PackRelease) -> list[MemCubeVersion]:
     """The versions a release ships, minus erased memories (an erasure outlives the release)."""
+    # Only the cube's provenance id is used (the version has the content): loading whole MemCube rows
+    # as well doubles the model instances built for a 10,000-memory release.
     return list(
         release.memory_versions.exclude(cube__versions__operation=VersionOperation.PURGE)
         .select_related("cube")
+        .defer(*_CUBE_UNUSED)
         .order_by("cube__provenance_id")
     )
+
+
+_CUBE_UNUSED = tuple(
+    f"cube__{f.name}" for f in MemCube._meta.concrete_fields if f.name not in ("id", "provenance_id")
+)
 
 
 def _progress(installation: Installation, **fields: Any) -> None:

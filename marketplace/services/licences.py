@@ -188,6 +188,7 @@ def licence_grant(
     now = timezone.now()
     seats = pack.seats * (order.seats if order is not None else 1)
     days = timedelta(days=pack.licence_days) if pack.licence_days else None
+    moved = 0  # installations of lapsed licences moved onto a new one
     holder_q = Q(holder_user=holder_user) if holder_user is not None else Q(holder_org=holder_org)
     held = list(Licence.objects.select_for_update().filter(holder_q, pack=pack).order_by("-created_at"))
     current = next((lic for lic in held if licence_is_usable(lic, now=now)), None)
@@ -233,8 +234,6 @@ def licence_grant(
             moved = Installation.objects.filter(licence_id__in=stale, removed_at__isnull=True).update(
                 licence=licence
             )
-        else:
-            moved = 0
     if order is not None:
         Order.objects.filter(pk=order.pk).update(licence=licence)
         order.licence = licence
