@@ -18,12 +18,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from accounts.models import Namespace
+from accounts.models import Namespace, NamespaceKind
 from core.errors import ApplicationError, Conflict, NotFound
 from core.timeparse import parse_instant
 from governance.audit import audit_record
 from governance.models import Snapshot, SnapshotEntry
 from governance.policy import Action, Subject, authorize
+from vault.hooks import use_record, use_refusals
 from vault.models import MemCube, MemCubeVersion, MemoryState, VersionOperation
 from vault.selectors import history_visible, memories_purged
 from vault.services import CONTENT_FIELDS, memory_reads_record, memory_restore, memory_state_set
@@ -57,7 +58,16 @@ def _namespace(*, actor: Subject, key: str, actions: tuple[Action, ...]) -> Name
         raise NotFound(f"Namespace '{key}' not found.")
     for action in actions:
         authorize(subject=actor, action=action, namespace=ns)
+    _require_usable(actor, ns)
     return ns
+
+
+def _require_usable(actor: Subject, ns: Namespace) -> None:
+    """An installed pack is used on its licence's terms here too (expiry, seat, quota): the time machine
+    shows its text, so it is refused with the same 402 as search and reads."""
+    refused = use_refusals(actor=actor, namespaces=[ns])
+    if refused:
+        raise next(iter(refused.values()))
 
 
 def _not_future(at: datetime, name: str) -> datetime:
@@ -187,6 +197,7 @@ def snapshot_get(*, actor: Subject, snapshot_id: Any) -> Snapshot:
         authorize(subject=actor, action=Action.READ, namespace=snapshot.namespace)
     except NotFound:
         raise NotFound("Snapshot not found.") from None
+    _require_usable(actor, snapshot.namespace)
     return snapshot
 
 
@@ -253,6 +264,17 @@ def timemachine_diff(*, actor: Subject, namespace_key: str, source: str | None, 
             setattr(diff, name, items[:MAX_DIFF_ITEMS])
             diff.truncated = True
     shown = [item["id"] for name in ("added", "removed", "changed") for item in getattr(diff, name)]
+    if shown and ns.kind == NamespaceKind.INSTALLATION:
+        # Each licensed memory the diff shows is a retrieval, within what the quota still allows.
+        granted = use_record(actor=actor, counts={ns.pk: len(shown)}, kind="retrievals").get(
+            ns.pk, len(shown)
+        )
+        if granted < len(shown):
+            keep = set(shown[:granted])
+            for name in ("added", "removed", "changed"):
+                setattr(diff, name, [i for i in getattr(diff, name) if i["id"] in keep])
+            diff.truncated = True
+            shown = shown[:granted]
     memory_reads_record(
         actor=actor,
         cubes=list(MemCube.objects.filter(pk__in=shown).select_related("namespace")),

@@ -169,7 +169,7 @@ def pack_install(
     User.objects.select_for_update().filter(pk=user.pk).first()
     existing = _live_installation(pack=pack, user=user, workspace=workspace)
     if existing is not None:
-        return _existing_or_conflict(existing, release)
+        return _rebind(_existing_or_conflict(existing, release))
     licence = _licence_for_install(user=user, pack=pack)
     try:
         with transaction.atomic():
@@ -202,6 +202,21 @@ def _live_installation(*, pack: Pack, user: User, workspace: str) -> Installatio
         .filter(pack=pack, user=user, workspace=workspace, removed_at__isnull=True)
         .first()
     )
+
+
+def _rebind(installation: Installation) -> Installation:
+    """Installing again what is installed: if the installation's licence is no longer usable but the user
+    now holds another that is (bought it themselves after losing an organization seat, say), the
+    installation moves to that licence and comes back; without a usable licence this is the 402."""
+    from marketplace.services.licences import installations_sync, licence_usable
+
+    licence = licence_usable(user=installation.user, pack=installation.pack)
+    if licence.pk != installation.licence_id:
+        Installation.objects.filter(pk=installation.pk).update(licence=licence)
+        installation.licence = licence
+        installations_sync(licence=licence, reason="installed again under a usable licence")
+        installation.namespace.refresh_from_db(fields=["suspended_reason"])
+    return installation
 
 
 def _existing_or_conflict(existing: Installation, release: PackRelease) -> Installation:
@@ -245,7 +260,9 @@ def _installation_create(
     watermark_assign(
         source_namespace=pack.publisher.namespace, installation_id=watermark_id, installation_namespace=ns
     )
-    Pack.objects.filter(pk=pack.pk).update(install_count=F("install_count") + 1)
+    if not Installation.objects.filter(pack=pack, user=user).exclude(pk=installation.pk).exists():
+        # Installs counts people, not install/uninstall cycles (it drives sorting by installs).
+        Pack.objects.filter(pk=pack.pk).update(install_count=F("install_count") + 1)
     audit_record(
         actor=actor,
         operation="pack.install",

@@ -150,6 +150,11 @@ def checkout_start(
         raise ApplicationError(
             f"'{pack}' is free: free packs are installed directly, without checkout.", code="free_pack"
         )
+    if not pack.releases.filter(yanked=False).exists():
+        # Nothing to deliver yet: selling it would take money for an install that cannot happen.
+        raise ApplicationError(
+            f"'{pack}' has no published release yet, so it cannot be bought.", status=409, code="not_released"
+        )
     if not 1 <= seats <= MAX_SEATS_PER_ORDER:
         raise ApplicationError(f"seats must be between 1 and {MAX_SEATS_PER_ORDER}.", code="invalid_seats")
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:

@@ -9,7 +9,7 @@ import pytest
 
 from accounts import services as accounts
 from governance.policy import Subject
-from marketplace.models import Pack, Publisher
+from marketplace.models import Pack, PackRelease, Publisher
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def make_pack(expert, publisher) -> Callable[..., Pack]:  # type: ignore[no-unty
         slug: str = "tips",
         texts: tuple[str, ...] = ("Tip one.", "Tip two."),
         release: bool = False,
+        bare_release: bool = False,
         **fields: Any,
     ) -> Pack:
         pack = market.pack_create(
@@ -52,6 +53,12 @@ def make_pack(expert, publisher) -> Callable[..., Pack]:  # type: ignore[no-unty
             )
         if release:
             market.release_publish(actor=Subject(user=expert), pack=pack, version="1.0.0")
+        if bare_release:
+            # A release row without content, for tests about selling rather than about content (a pack
+            # with no release cannot be bought).
+            PackRelease.objects.create(
+                pack=pack, version="1.0.0", manifest={"memories": []}, manifest_sha256=f"{pack.pk.hex:0<64}"
+            )
         return pack
 
     return make

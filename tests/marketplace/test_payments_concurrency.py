@@ -34,7 +34,7 @@ def _in_thread(fn: Any) -> Any:
 
 
 def test_50_concurrent_purchases_of_10_seats_grant_exactly_10(make_pack, make_user):
-    pack = make_pack(slug="scarce", texts=())
+    pack = make_pack(slug="scarce", texts=(), bare_release=True)
     Pack.objects.filter(pk=pack.pk).update(price_cents=500, price_model=PriceModel.ONE_TIME, seat_limit=10)
     pack.refresh_from_db()
     users = [make_user(f"buyer{i:02d}") for i in range(50)]
@@ -62,7 +62,7 @@ def test_50_concurrent_purchases_of_10_seats_grant_exactly_10(make_pack, make_us
 
 
 def test_100_duplicate_deliveries_grant_one_licence(make_pack, bob, monkeypatch):
-    pack = make_pack(slug="dup", texts=())
+    pack = make_pack(slug="dup", texts=(), bare_release=True)
     Pack.objects.filter(pk=pack.pk).update(price_cents=700, price_model=PriceModel.ONE_TIME)
     pack.refresh_from_db()
     order = checkout_create(actor=Subject(user=bob), pack=pack)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.django_db
 def priced(
     make_pack: Any, slug: str = "paid", *, cents: int = 1500, model: str = PriceModel.ONE_TIME, **fields: Any
 ) -> Pack:
-    pack = make_pack(slug=slug, texts=())
+    pack = make_pack(slug=slug, texts=(), bare_release=True)
     Pack.objects.filter(pk=pack.pk).update(price_cents=cents, price_model=model, **fields)
     pack.refresh_from_db()
     return pack
@@ -120,7 +120,7 @@ def test_idempotency_key_same_body_same_order_other_body_409(make_pack, buyer):
 
 
 def test_free_pack_400_and_nothing_written(make_pack, buyer):
-    pack = make_pack(slug="gratis", texts=())
+    pack = make_pack(slug="gratis", texts=(), bare_release=True)
     r = buyer.post(checkout_url(pack), {}, format="json")
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "free_pack" and "installed directly" in r.json()["error"]["message"]

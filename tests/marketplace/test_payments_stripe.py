@@ -41,7 +41,7 @@ def standin(settings) -> Iterator[StripeStandIn]:  # type: ignore[no-untyped-def
 def priced(
     make_pack: Any, slug: str = "paid", *, cents: int = 1500, model: str = PriceModel.ONE_TIME
 ) -> Pack:
-    pack = make_pack(slug=slug, texts=())
+    pack = make_pack(slug=slug, texts=(), bare_release=True)
     Pack.objects.filter(pk=pack.pk).update(price_cents=cents, price_model=model)
     pack.refresh_from_db()
     return pack
