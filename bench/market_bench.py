@@ -83,6 +83,9 @@ def _setup_market(prefix: str) -> dict[str, Any]:
     org = accounts.organization_create(owner=owner, slug=f"{prefix}pub")
     publisher = studio.publisher_create(actor=Subject(user=owner), organization=org, slug=f"{prefix}pub")
     pack = studio.pack_create(actor=Subject(user=owner), publisher=publisher, slug="paid", title="Paid pack")
+    # A pack is sold only once it has a release to deliver: one memory, published.
+    studio.pack_add_memories(actor=Subject(user=owner), pack=pack, items=[{"text": _memory(0)}])
+    _publish(Subject(user=owner), pack)
     Pack.objects.filter(pk=pack.pk).update(price_cents=1200, price_model=PriceModel.ONE_TIME)
     pack.refresh_from_db()
     return {"owner": owner, "publisher": publisher, "pack": pack}

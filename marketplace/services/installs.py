@@ -210,7 +210,7 @@ def _rebind(installation: Installation) -> Installation:
     installation moves to that licence and comes back; without a usable licence this is the 402."""
     from marketplace.services.licences import installations_sync, licence_usable
 
-    licence = licence_usable(user=installation.user, pack=installation.pack)
+    licence = licence_usable(user=installation.user, pack=installation.release.pack)
     if licence.pk != installation.licence_id:
         Installation.objects.filter(pk=installation.pk).update(licence=licence)
         installation.licence = licence
