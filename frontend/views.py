@@ -151,9 +151,8 @@ def ledger_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         if order.licence_id:
             messages.success(request, f"Paid: your licence for {order.pack.title} is active. Install it now.")
         else:
-            messages.error(
-                request, f"The payment for {order.pack.title} did not go through ({order.status})."
-            )
+            outcome = order.get_status_display().lower()
+            messages.error(request, f"The payment for {order.pack.title} did not go through ({outcome}).")
         return redirect("packs")
     return render(request, "frontend/ledger_checkout.html", {"order": order})
 

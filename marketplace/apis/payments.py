@@ -320,8 +320,8 @@ class LedgerActionApi(MarketplaceApi):
     def post(self, request: Request, order_id: Any) -> Response:
         data = validated(self.LedgerActionInput, request.data)
         actor = Subject.from_request(request, operation="ledger.action")
-        order_services.ledger_order_action(actor=actor, order_id=order_id, action=data["action"])
-        return Response(OrderDetailOutput(order_get(actor=actor, order_id=order_id)).data)
+        order = order_services.ledger_order_action(actor=actor, order_id=order_id, action=data["action"])
+        return Response(OrderDetailOutput(order).data)
 
 
 urlpatterns: list[URLPattern] = [
