@@ -51,6 +51,7 @@ class TokenScope(models.TextChoices):
     GOVERNANCE = "governance", "Governance (audit, lifecycle)"
     MARKETPLACE = "marketplace", "Marketplace (buy, install, publish)"
     INFERENCE = "inference", "Inference (chat completions)"
+    FEEDS = "feeds", "Feeds (subscribe, follow updates, deliveries)"
     ACCOUNT = "account", "Account (tokens, organizations, members, invitations, namespaces)"
 
 

@@ -51,3 +51,41 @@ def run_installation_hooks(event: InstallationEvent) -> None:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+# --- pack events (feeds) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackEvent:
+    """A change on a pack that its feed records. `kind`: `release.published` (with `release_id`),
+    `terms.changed` (with the changed fields and their new values in `details`), `pack.withdrawn`
+    (the publisher unlisted it). Raised inside the transaction that makes the change."""
+
+    kind: str
+    pack_id: str
+    release_id: str = ""
+    details: dict | None = None
+
+
+PackHook = Callable[[PackEvent], None]
+
+_pack_hooks: list[PackHook] = []
+
+
+def register_pack_hook(fn: PackHook) -> None:
+    """Register `fn` for every pack event; registering twice keeps one entry."""
+    if fn not in _pack_hooks:
+        _pack_hooks.append(fn)
+
+
+def unregister_pack_hook(fn: PackHook) -> None:
+    if fn in _pack_hooks:
+        _pack_hooks.remove(fn)
+
+
+def run_pack_hooks(event: PackEvent) -> None:
+    """Run every hook in the caller's transaction. Unlike installation hooks, an error propagates: the
+    feed entry is written with the change or the change does not happen."""
+    for fn in list(_pack_hooks):
+        fn(event)

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "vault",
     "governance",
     "marketplace",
+    "feeds",
     "inference",
     "mip_protocol",
     "frontend",
@@ -215,6 +216,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "marketplace.tasks.payments.metered_usage_sweep",
         "schedule": 86400.0,
     },
+    "feeds-delivery-sweep": {
+        "task": "feeds.tasks.delivery_sweep",
+        "schedule": env.float("MEMHUB_DELIVERY_SWEEP_SECONDS", default=10.0),
+    },
     "marketplace-checkout-reconcile": {
         "task": "marketplace.tasks.payments.checkout_reconcile_stale",
         "schedule": 3600.0,
@@ -299,3 +304,27 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "PackFormEnum": "marketplace.models.ALL_FORMS",
     "PriceModelEnum": "marketplace.models.PriceModel",
 }
+
+# --- Feeds and delivery (feeds/, docs/feeds/) -----------------------------------------------------------
+# Retries: exponential backoff with jitter from BASE up to MAX seconds, at most MAX_ATTEMPTS attempts per
+# delivery before it becomes a dead letter; a 408/429 `Retry-After` is honoured up to RETRY_AFTER_MAX.
+MEMHUB_DELIVERY_BACKOFF_BASE_S = env.float("MEMHUB_DELIVERY_BACKOFF_BASE_S", default=2.0)
+MEMHUB_DELIVERY_BACKOFF_MAX_S = env.float("MEMHUB_DELIVERY_BACKOFF_MAX_S", default=3600.0)
+MEMHUB_DELIVERY_MAX_ATTEMPTS = env.int("MEMHUB_DELIVERY_MAX_ATTEMPTS", default=15)
+MEMHUB_DELIVERY_RETRY_AFTER_MAX_S = env.float("MEMHUB_DELIVERY_RETRY_AFTER_MAX_S", default=3600.0)
+MEMHUB_DELIVERY_TIMEOUT_S = env.float("MEMHUB_DELIVERY_TIMEOUT_S", default=10.0)
+# Circuit breaker: open after this many consecutive failures, probe after OPEN_S (doubling up to MAX).
+MEMHUB_DELIVERY_CIRCUIT_FAILURES = env.int("MEMHUB_DELIVERY_CIRCUIT_FAILURES", default=5)
+MEMHUB_DELIVERY_CIRCUIT_OPEN_S = env.float("MEMHUB_DELIVERY_CIRCUIT_OPEN_S", default=30.0)
+MEMHUB_DELIVERY_CIRCUIT_OPEN_MAX_S = env.float("MEMHUB_DELIVERY_CIRCUIT_OPEN_MAX_S", default=3600.0)
+# A worker holds a destination this long while it drains it (a killed worker's lease runs out).
+MEMHUB_DELIVERY_LEASE_S = env.float("MEMHUB_DELIVERY_LEASE_S", default=60.0)
+# SSRF: outbound URLs (webhooks, MIP peers) that resolve to private, loopback, link-local or reserved
+# addresses are refused unless this is on (a private network; the tests' loopback receivers).
+MEMHUB_OUTBOUND_ALLOW_PRIVATE = env.bool("MEMHUB_OUTBOUND_ALLOW_PRIVATE", default=False)
+# After a webhook secret rotation the previous secret still signs for this long.
+MEMHUB_WEBHOOK_ROTATION_GRACE_S = env.int("MEMHUB_WEBHOOK_ROTATION_GRACE_S", default=86400)
+# WebSocket and server-sent-event followers re-read the log this often (the channel layer only nudges).
+MEMHUB_FEED_POLL_S = env.float("MEMHUB_FEED_POLL_S", default=1.0)
+# A server-sent-event stream ends after this long; clients reconnect with Last-Event-ID.
+MEMHUB_SSE_MAX_S = env.float("MEMHUB_SSE_MAX_S", default=300.0)

@@ -32,6 +32,7 @@ from marketplace.manifest import (
     manifest_sign,
     semver_key,
 )
+from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.models import EvaluationQuestion, Pack, PackRelease
 from marketplace.services.common import require_publisher_admin
 from vault.models import LIVE_STATES, IndexOutbox, MemCube, MemCubeVersion, MemoryKind
@@ -272,6 +273,8 @@ def _release_create(
 
     pack_id = pack.id
     transaction.on_commit(lambda: catalog_sync_enqueue(pack_id))
+    # The feed records the release in this transaction (feeds registers the hook).
+    run_pack_hooks(PackEvent(kind="release.published", pack_id=str(pack.pk), release_id=str(release.pk)))
     return release
 
 

@@ -35,6 +35,7 @@ from marketplace.ingest.chunking import MAX_BUDGET, MIN_BUDGET, chunk_sections, 
 from marketplace.ingest.documents import detect_type, document_sections
 from marketplace.ingest.images import check_image
 from marketplace.ingest.jsonl import parse_jsonl
+from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.models import (
     ALL_FORMS,
     Form,
@@ -415,11 +416,14 @@ def pack_update(*, actor: Subject, pack: Pack, **fields: Any) -> Pack:
         raise _invalid(unknown[0], f"'{unknown[0]}' cannot be changed here.")
     # The row is locked: seats_sold moves under checkouts, and seat_limit is checked against it.
     locked = Pack.objects.select_for_update().select_related("publisher").get(pk=pack.pk)
+    was_listed = locked.listed
+    before = {name: getattr(locked, name) for name in (*PRICE_FIELDS, *TERMS_FIELDS)}
     for name, value in fields.items():
         setattr(locked, name, [] if value is None and name in ("tags", "base_models", "forms") else value)
     _check_pack(locked)
     if fields:
         _save_pack(locked, update_fields=[*fields, "updated_at"])
+        _pack_events(locked, before=before, was_listed=was_listed)
         audit_record(
             actor=actor,
             operation="pack.update",
@@ -430,6 +434,15 @@ def pack_update(*, actor: Subject, pack: Pack, **fields: Any) -> Pack:
         )
         _enqueue_catalog(locked)
     return locked
+
+
+def _pack_events(pack: Pack, *, before: dict[str, Any], was_listed: bool) -> None:
+    """Tell the pack's feed, in this transaction: terms (or price) changed, or the pack was withdrawn."""
+    changed = {k: getattr(pack, k) for k, v in before.items() if getattr(pack, k) != v}
+    if changed:
+        run_pack_hooks(PackEvent(kind="terms.changed", pack_id=str(pack.pk), details=changed))
+    if was_listed and not pack.listed:
+        run_pack_hooks(PackEvent(kind="pack.withdrawn", pack_id=str(pack.pk)))
 
 
 # --- content -------------------------------------------------------------------------------------------

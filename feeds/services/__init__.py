@@ -1,0 +1,1 @@
+"""Feed writes: the log (`log`), publishing (`publish`), subscriptions, fan-out and applying entries."""
