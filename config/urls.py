@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("vault.urls")),
     path("governance/", include("governance.urls")),
     path("marketplace/", include("marketplace.urls")),
+    path("", include("feeds.urls")),  # feeds/... and subscriptions/...
 ]
 
 urlpatterns = [

@@ -105,3 +105,19 @@ PRIVATE_MEMORIES = [
     "My team deploys on Fridays only after the 3 pm stand-up.",
     "Project Falcon's launch moved from May to June 2025.",
 ]
+
+# What the demo user's feed subscription shows: the publisher revises one memory, adds one and retracts
+# one after the release; the demo user's installation applies all three (new versions, watermarked).
+FEED_UPDATES = {
+    "pack": "python-pitfalls",
+    "revise": (
+        "The GIL means",
+        "The GIL means CPU-bound threads do not run Python bytecode in parallel, except on the free-threaded "
+        "build of Python 3.13 and later (python3.13t); elsewhere use processes for CPU work.",
+    ),
+    "add": "Since Python 3.12, f-strings may reuse the enclosing quote character and span several lines.",
+    "retract": (
+        "asyncio.get_event_loop() creates an event loop when none is running.",
+        "Deprecated since Python 3.12: get_event_loop() no longer creates a loop; use asyncio.run().",
+    ),
+}

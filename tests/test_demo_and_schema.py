@@ -2,6 +2,7 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import User
+from feeds.models import Delivery, Subscription
 from marketplace.models import Installation, Order, Pack, PackRelease, PackUpload, Review
 
 pytestmark = pytest.mark.django_db
@@ -30,6 +31,12 @@ def test_seed_demo_is_idempotent():
     order = Order.objects.get(buyer=demo)
     assert order.status == "paid" and order.licence and order.events.count() >= 3
     assert Review.objects.filter(author=demo).count() == 1
+    # The demo user follows the free pack's feed: a revision, an addition and a retraction (plus the
+    # retracted memory's own upsert) wait as deliveries to the demo user's vault.
+    sub = Subscription.objects.get(owner_user=demo)
+    kinds = list(sub.feed.entries.filter(seq__gt=1).values_list("kind", flat=True))
+    assert kinds == ["memory.upserted"] * 3 + ["memory.retracted"]
+    assert Delivery.objects.filter(destination__subscription=sub).count() == 4
 
 
 def test_openapi_schema_documents_the_memory_api(client):

@@ -1,5 +1,5 @@
-"""The token-scope matrix, through the API: every endpoint of accounts, vault, governance, marketplace and
-inference, each with the scope(s) it needs.
+"""The token-scope matrix, through the API: every endpoint of accounts, vault, governance, marketplace,
+feeds and inference, each with the scope(s) it needs.
 
 For each (endpoint, needed scope): a token holding every other scope is refused (403 naming the scope,
 or 404 where the object is hidden from a caller who may not read it) and nothing is written; a token
@@ -21,9 +21,11 @@ from rest_framework.test import APIClient
 
 from accounts import services as account_services
 from accounts.models import ALL_SCOPES, ApiToken, Invitation, Membership, NamespaceJoin
+from feeds.models import Feed
 from governance import timemachine
 from governance.policy import Subject
 from marketplace import services as market
+from marketplace.models import PackItem
 from marketplace.services.licences import licence_grant
 from vault import services as vault_services
 from vault.models import MemCube
@@ -107,6 +109,19 @@ def mid(w: World) -> str:
 
 
 NOWHERE = str(uuid.UUID(int=7))
+FEEDS = "feeds"
+SUB = f"/api/v1/subscriptions/{NOWHERE}"
+
+
+def feed_id(w: World) -> str:
+    """The `tips` pack's feed (its release in the world wrote the first entry)."""
+    return str(Feed.objects.get(pack__publisher__slug="acme-press", pack__slug="tips").pk)
+
+
+def FEED(w: World) -> str:
+    return f"/api/v1/feeds/{feed_id(w)}"
+
+
 MP = "/api/v1/marketplace"
 PACK = f"{MP}/packs/acme-press/tips"
 
@@ -560,6 +575,47 @@ CELLS: list[Cell] = [
         (MARKET,),
         lambda w: {"reason": "Spam."},
     ),
+    # --- feeds --------------------------------------------------------------------------------------
+    Cell("v1:feeds", "GET", lambda w: "/api/v1/feeds", (FEEDS,), ok=200),
+    Cell("v1:feed", "GET", lambda w: FEED(w), (FEEDS,), ok=200),
+    Cell("v1:feed-entries", "GET", lambda w: f"{FEED(w)}/entries", (FEEDS,), ok=200),
+    Cell("v1:feed-events", "GET", lambda w: f"{FEED(w)}/events?since=0", (FEEDS,), ok=200),
+    Cell(
+        "v1:feed-memories",
+        "POST",
+        lambda w: f"{FEED(w)}/memories",
+        (MARKET, WRITE),
+        lambda w: {"text": "Prune the roses in March."},
+        ok=201,
+    ),
+    Cell(
+        "v1:feed-retractions",
+        "POST",
+        lambda w: f"{FEED(w)}/retractions",
+        (MARKET, WRITE),
+        lambda w: {"provenance_id": str(PackItem.objects.get(pack__slug="tips").cube.provenance_id)},
+        ok=201,
+    ),
+    Cell("v1:subscriptions", "GET", lambda w: "/api/v1/subscriptions", (FEEDS,), ok=200),
+    Cell(
+        "v1:subscriptions",
+        "POST",
+        lambda w: "/api/v1/subscriptions",
+        (FEEDS,),
+        lambda w: {"feed": feed_id(w)},
+        actor="carol",
+        ok=201,
+    ),
+    Cell("v1:subscription", "GET", lambda w: SUB, (FEEDS,)),
+    Cell("v1:subscription", "PATCH", lambda w: SUB, (FEEDS,), lambda w: {"name": "renamed"}),
+    Cell("v1:subscription", "DELETE", lambda w: SUB, (FEEDS,)),
+    Cell("v1:subscription-pause", "POST", lambda w: f"{SUB}/pause", (FEEDS,)),
+    Cell("v1:subscription-resume", "POST", lambda w: f"{SUB}/resume", (FEEDS,)),
+    Cell("v1:subscription-rotate-secret", "POST", lambda w: f"{SUB}/rotate-secret", (FEEDS,)),
+    Cell("v1:subscription-deliveries", "GET", lambda w: f"{SUB}/deliveries", (FEEDS,)),
+    Cell("v1:subscription-delivery", "GET", lambda w: f"{SUB}/deliveries/{NOWHERE}", (FEEDS,)),
+    Cell("v1:subscription-delivery-retry", "POST", lambda w: f"{SUB}/deliveries/{NOWHERE}/retry", (FEEDS,)),
+    Cell("v1:subscription-dead-letters", "GET", lambda w: f"{SUB}/dead-letters", (FEEDS,)),
     # --- inference ----------------------------------------------------------------------------------
     Cell(
         "inference:chat-completions",
@@ -614,7 +670,7 @@ def state() -> dict[str, Any]:
     """Every row count of our apps, plus the fields a refused update would touch."""
     counts = {
         m._meta.label: m.objects.count()
-        for app in ("accounts", "vault", "governance", "marketplace", "inference")
+        for app in ("accounts", "vault", "governance", "marketplace", "feeds", "inference")
         for m in apps.get_app_config(app).get_models()
         if m._meta.label not in ("governance.AuditEvent", "governance.AuditChainHead")  # denials are audited
         and not m._meta.label.startswith("governance.Audit")

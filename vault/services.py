@@ -73,7 +73,7 @@ def _resolve_namespace(*, actor: Subject, namespace_key: str, action: Action) ->
     return ns
 
 
-def _validate_content(data: dict[str, Any]) -> None:
+def memory_content_validate(data: dict[str, Any]) -> None:
     kind = data.get("kind", MemoryKind.PLAINTEXT)
     if kind not in MemoryKind.values:
         raise ApplicationError(f"Unknown kind '{kind}'; expected one of {', '.join(MemoryKind.values)}.")
@@ -122,7 +122,7 @@ def _build_cube(
 ) -> MemCube:
     """A new memory from `data`. Its provenance id is the server's, a fresh one, unless a system import
     (`keep_provenance`) carries the origin's: a caller must not attach its text to another's provenance."""
-    _validate_content(data)
+    memory_content_validate(data)
     values = {k: data[k] for k in (*CONTENT_FIELDS, *GOVERNANCE_FIELDS) if k in data}
     cube = MemCube(namespace=namespace, owner=actor.user, **values)
     if keep_provenance and data.get("provenance_id"):
@@ -481,7 +481,7 @@ def memory_update(
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    _validate_content(merged)
+    memory_content_validate(merged)
     for key, value in merged.items():
         setattr(cube, key, value)
     memory_version_write(cube, actor=actor, operation=mode)
@@ -1076,7 +1076,7 @@ def _build_import_cube(*, actor: Subject, namespace: Namespace, data: dict[str, 
     """`_build_cube` for a system import, which keeps the origin's provenance id. The field checks run;
     the uniqueness check does not: it would query the primary key of every new row (a fresh uuid4), one
     round trip per memory, the largest cost of a 10,000-memory install."""
-    _validate_content(data)
+    memory_content_validate(data)
     values = {k: data[k] for k in (*CONTENT_FIELDS, *GOVERNANCE_FIELDS) if k in data}
     cube = MemCube(namespace=namespace, owner=actor.user, **values)
     if data.get("provenance_id"):

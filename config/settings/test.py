@@ -20,9 +20,10 @@ CHANNEL_LAYERS = {
         },
     }
 }
-CELERY_BROKER_URL = "memory://"
-CELERY_BROKER_TRANSPORT_OPTIONS = {}
-CELERY_TASK_ALWAYS_EAGER = True
+# Eager tasks on an in-memory broker, unless a test starts a real worker (tests/feeds/test_worker_kill.py).
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="memory://")
+CELERY_BROKER_TRANSPORT_OPTIONS = env.json("CELERY_BROKER_TRANSPORT_OPTIONS", default={})
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing for tests only
 ALLOWED_HOSTS = ["*"]
 MILVUS_COLLECTION_PREFIX = f"memhub_test{os.environ.get('MEMHUB_TEST_DB_SUFFIX', '')}"

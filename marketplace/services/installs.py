@@ -352,7 +352,7 @@ def _progress_event(installation: Installation, actor: Subject, step: str, **det
     )
 
 
-def _index_copies(cubes: Iterable[MemCube], sources: dict[Any, VectorSource]) -> dict[str, int]:
+def installed_copies_index(cubes: Iterable[MemCube], sources: dict[Any, VectorSource]) -> dict[str, int]:
     """Index the copies now (reusing the publisher's vectors where sound); on an index outage the
     deferred outbox rows remain and the worker indexes them later."""
     cubes = list(cubes)
@@ -454,7 +454,7 @@ def _run(installation: Installation, actor: Subject) -> None:
             _progress_event(installation, actor, "copy", done=done, total=len(versions))
         timings["copy_s"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        result = _index_copies(cubes, sources)
+        result = installed_copies_index(cubes, sources)
         timings["index_s"] += time.perf_counter() - clock
         for k in stats:
             stats[k] += result.get(k, 0)
@@ -481,10 +481,10 @@ def _run(installation: Installation, actor: Subject) -> None:
                 "vectors_embedded": stats["embedded"],
             },
         )
-    _hooks(installation, "ready")
+    installation_hooks_run(installation, "ready")
 
 
-def _hooks(installation: Installation, kind: str, reason: str = "") -> None:
+def installation_hooks_run(installation: Installation, kind: str, reason: str = "") -> None:
     """Tell the layers above; a failing hook does not undo the installation, it is recorded instead."""
     event = InstallationEvent(
         kind=kind,
@@ -534,7 +534,7 @@ def installation_remove(*, actor: Subject, installation: Installation) -> Instal
         object_ids=[str(locked.pk)],
         details={"pack": str(locked.pack), "version": locked.release.version, "memories_deleted": len(ids)},
     )
-    _hooks(locked, "removed", reason="uninstalled")
+    installation_hooks_run(locked, "removed", reason="uninstalled")
     return locked
 
 
@@ -662,8 +662,8 @@ def installation_upgrade(*, actor: Subject, installation: Installation, version:
         for pid, v in new_versions.items()
     }
     by_prov = {v.cube.provenance_id: sources[pid] for pid, v in new_versions.items()}
-    _index_copies([*touched, *created], by_prov)
-    _hooks(locked, "ready", reason=f"upgraded to {new.version}")
+    installed_copies_index([*touched, *created], by_prov)
+    installation_hooks_run(locked, "ready", reason=f"upgraded to {new.version}")
     return locked
 
 

@@ -24,6 +24,7 @@ from governance.audit import audit_record
 from governance.pii import PiiReportView, pii_publish_gate
 from governance.policy import Action, Subject, decide
 from marketplace import card as cards
+from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.manifest import (
     MAX_VERSION_CHARS,
     manifest_build,
@@ -32,7 +33,6 @@ from marketplace.manifest import (
     manifest_sign,
     semver_key,
 )
-from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.models import EvaluationQuestion, Pack, PackRelease
 from marketplace.services.common import require_publisher_admin
 from vault.models import LIVE_STATES, IndexOutbox, MemCube, MemCubeVersion, MemoryKind

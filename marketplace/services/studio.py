@@ -29,13 +29,13 @@ from accounts.services import namespace_create
 from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 from governance.audit import audit_record
 from governance.policy import Subject, SubjectKind
+from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.ingest import adapters as adapter_ingest
 from marketplace.ingest import safety
 from marketplace.ingest.chunking import MAX_BUDGET, MIN_BUDGET, chunk_sections, default_budget, heading_label
 from marketplace.ingest.documents import detect_type, document_sections
 from marketplace.ingest.images import check_image
 from marketplace.ingest.jsonl import parse_jsonl
-from marketplace.hooks import PackEvent, run_pack_hooks
 from marketplace.models import (
     ALL_FORMS,
     Form,
@@ -452,7 +452,7 @@ def pack_max_items() -> int:
     return int(getattr(settings, "MEMHUB_PACK_MAX_ITEMS", 50_000))
 
 
-def _item(pack: Pack, raw: Mapping[str, Any], index: int) -> dict[str, Any]:
+def pack_item_prepare(pack: Pack, raw: Mapping[str, Any], index: int) -> dict[str, Any]:
     """One item as the vault imports it: known fields only, the pack's licence, a source naming the
     publisher and the pack (a caller may add to the source, not change who published it)."""
     if not isinstance(raw, Mapping):
@@ -492,7 +492,7 @@ def _item(pack: Pack, raw: Mapping[str, Any], index: int) -> dict[str, Any]:
     return item
 
 
-def _author(
+def pack_author(
     *, actor: Subject, pack: Pack, items: list[dict[str, Any]], upload: PackUpload | None = None
 ) -> list[MemCube]:
     """Write the items into the publisher's namespace and make them the pack's content (the caller has
@@ -507,7 +507,7 @@ def _author(
             {"field": "items", "limit": pack_max_items()},
             code="too_large",
         )
-    prepared = [_item(pack, raw, i) for i, raw in enumerate(items)]
+    prepared = [pack_item_prepare(pack, raw, i) for i, raw in enumerate(items)]
     namespace = pack.publisher.namespace
     cubes: list[MemCube] = []
     reason = f"pack {pack.publisher.slug}/{pack.slug}" + (f" upload {upload.id}" if upload else "")
@@ -555,7 +555,7 @@ def _author(
 def pack_add_memories(*, actor: Subject, pack: Pack, items: list[dict]) -> list[MemCube]:
     """Author memories for a pack: MemCubes in the publisher's namespace, each a `PackItem` of the pack."""
     require_publisher_admin(actor=actor, publisher=pack.publisher)
-    return _author(actor=actor, pack=pack, items=list(items))
+    return pack_author(actor=actor, pack=pack, items=list(items))
 
 
 @transaction.atomic
@@ -783,7 +783,7 @@ def _ingest(*, upload: PackUpload, actor: Subject, data: dict[str, bytes]) -> No
                 "upload": str(upload.id),
             }
             items.append(memory)
-        cubes = _author(actor=actor, pack=pack, items=items, upload=upload)
+        cubes = pack_author(actor=actor, pack=pack, items=items, upload=upload)
         result.update({"memories": len(cubes), "lines": len(memories)})
     elif upload.kind == UploadKind.DOCUMENT:
         doc_type, sections = document_sections(data[ORIGINAL], upload.filename)
@@ -819,7 +819,7 @@ def _ingest(*, upload: PackUpload, actor: Subject, data: dict[str, bytes]) -> No
                     "metadata": {"tokens": chunk.tokens, "document_type": doc_type},
                 }
             )
-        cubes = _author(actor=actor, pack=pack, items=items, upload=upload)
+        cubes = pack_author(actor=actor, pack=pack, items=items, upload=upload)
         pages = sorted({c.page for c in chunks if c.page is not None})
         result.update(
             {
@@ -874,7 +874,7 @@ def _adapter_item(*, upload: PackUpload, actor: Subject, data: dict[str, bytes])
         },
         "source": {"file": upload.filename, "upload": str(upload.id)},
     }
-    return _author(actor=actor, pack=upload.pack, items=[item], upload=upload)[0]
+    return pack_author(actor=actor, pack=upload.pack, items=[item], upload=upload)[0]
 
 
 def pack_upload_process(*, upload_id: Any) -> PackUpload:

@@ -1,6 +1,7 @@
 """Idempotent demo data that shows the marketplace: a publisher with free, one-time, subscription and
 metered packs (one authored by uploading a document), signed releases with pack cards, a demo user who
-installed a free pack, bought a paid one on the built-in test ledger and reviewed one."""
+installed a free pack, bought a paid one on the built-in test ledger and reviewed one, and subscribes to
+the free pack's feed, which carries a revision, an addition and a retraction since its release."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from django.db import transaction
 from accounts import services as accounts
 from accounts.models import Organization, User
 from core import demo_data
+from feeds.services.log import feed_for_pack
+from feeds.services.publish import feed_memory_retract, feed_memory_upsert
+from feeds.services.subscriptions import subscription_create
 from governance.pii import pii_resolve, pii_scan_inline
 from governance.policy import Subject
 from marketplace import services as market
@@ -99,6 +103,7 @@ class Command(BaseCommand):
             order = checkout_create(actor=as_demo, pack=paid, idempotency_key="demo-kitchen-basics")
             ledger_session_pay(order.checkout_session_id)
             market.pack_install(actor=as_demo, release=paid.releases.get(version="1.0.0"))
+            _feed_updates(expert=expert, demo=demo, pack=free)
         transaction.on_commit(catalog_reindex)  # listings searchable at once, worker or not
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: user 'demo' / '{password}'"))
 
@@ -147,3 +152,23 @@ def _document_pack(*, expert: User, publisher: Publisher) -> None:
         expert=expert, namespace_key=publisher.namespace.key, cubes=list(MemCube.objects.filter(pk__in=cubes))
     )
     market.release_publish(actor=actor, pack=pack, version="1.0.0", notes="From the uploaded handbook.")
+
+
+def _feed_updates(*, expert: User, demo: User, pack: Pack) -> None:
+    """The demo user subscribes to the pack's feed; the publisher then pushes a revision, an addition and
+    a retraction. Deliveries go out after the commit (the worker applies them to the installation)."""
+    spec = demo_data.FEED_UPDATES
+    as_expert = Subject(user=expert)
+    subscription_create(actor=Subject(user=demo), feed=feed_for_pack(pack), name="Python Pitfalls updates")
+    prefix, revised = spec["revise"]
+    item = pack.items.select_related("cube").filter(cube__text__startswith=prefix).first()
+    if item is not None:
+        feed_memory_upsert(
+            actor=as_expert,
+            pack=pack,
+            memory={"provenance_id": str(item.cube.provenance_id), "text": revised},
+        )
+    feed_memory_upsert(actor=as_expert, pack=pack, memory={"text": spec["add"], "semantic_type": "fact"})
+    wrong, reason = spec["retract"]
+    entry = feed_memory_upsert(actor=as_expert, pack=pack, memory={"text": wrong, "semantic_type": "fact"})
+    feed_memory_retract(actor=as_expert, pack=pack, provenance_id=entry.provenance_id, reason=reason)
