@@ -228,13 +228,20 @@ class _Hub:
         """Run `fn` in the database thread once for everyone asking for `key` at the same time."""
         task = self.inflight.get(key)
         if task is None or task.done():
-            task = asyncio.create_task(database_sync_to_async(fn)())
+            task = asyncio.create_task(_off_loop(fn))
             self.inflight[key] = task
             task.add_done_callback(
                 lambda t: self.inflight.pop(key, None) if self.inflight.get(key) is t else None
             )
         # shielded: one follower leaving must not cancel the query the others wait for
         return await asyncio.shield(task)
+
+
+async def _off_loop(fn: Callable[[], Any]) -> Any:
+    """Run a follower's database work in the thread pool rather than the one thread-sensitive thread:
+    a thousand followers re-checking their licence must not queue the read that everyone waits for
+    behind them (nor behind the handshakes of new connections)."""
+    return await database_sync_to_async(fn, thread_sensitive=False)()
 
 
 _hubs: dict[int, _Hub] = {}
@@ -440,7 +447,7 @@ async def feed_follow(
                 yield None
                 idle_since = now
             if now >= recheck_at:
-                if not await database_sync_to_async(viewer_still_reads)(viewer):
+                if not await _off_loop(lambda: viewer_still_reads(viewer)):
                     return
                 recheck_at = now + poll * RECHECK_POLLS * random.uniform(0.8, 1.2)
     finally:

@@ -23,30 +23,29 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
-from rest_framework.response import Response
 
 from core.errors import ApplicationError, NotFound
-from feeds.apis.base import MAX_SEQ, FeedsApi, actor_of, error_responses
+from feeds.apis.base import MAX_SEQ, FeedsApi, FeedsErrorOutput, actor_of
 from feeds.live import Viewer, feed_follow, feed_follow_sync, feed_head, viewer_open
 
 RETRY_MS = 3000
 KEEPALIVE_S = 15.0
 
 
-class EventStreamRenderer(BaseRenderer):
-    """Lets a request that accepts only `text/event-stream` (what `EventSource` sends) through content
-    negotiation; the stream itself is a StreamingHttpResponse and never rendered."""
+class EventStreamNegotiation(DefaultContentNegotiation):
+    """A request that accepts only `text/event-stream` (what `EventSource` sends) still gets in: the
+    stream is a StreamingHttpResponse that no renderer touches, and errors before it are JSON in the one
+    error shape."""
 
-    media_type = "text/event-stream"
-    format = "event-stream"
-    charset = "utf-8"
-
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
-        return json.dumps(data).encode()
+    def select_renderer(self, request: Any, renderers: Any, format_suffix: Any = None) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
 
 
 def _seq_param(value: str, field: str) -> int:
@@ -87,7 +86,8 @@ def _sync_stream(viewer: Viewer, cursor: int) -> Iterator[str]:
 
 
 class FeedEventsApi(FeedsApi):
-    renderer_classes = [JSONRenderer, EventStreamRenderer]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = EventStreamNegotiation
 
     @extend_schema(
         operation_id="feeds_events",
@@ -120,7 +120,7 @@ class FeedEventsApi(FeedsApi):
                 response=OpenApiTypes.STR,
                 description="A text/event-stream of feed entries (see the FeedEntryDocument schema).",
             ),
-            **error_responses(400, 401, 403, 404),
+            **{(status, "application/json"): FeedsErrorOutput for status in (400, 401, 403, 404)},
         },
         tags=["feeds"],
     )
@@ -146,10 +146,3 @@ class FeedEventsApi(FeedsApi):
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # let proxies pass each event through as it comes
         return response
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        # Errors are JSON in the one error shape even when the client asked only for an event stream.
-        if isinstance(response, Response):
-            request.accepted_renderer = JSONRenderer()
-            request.accepted_media_type = "application/json"
-        return super().finalize_response(request, response, *args, **kwargs)
