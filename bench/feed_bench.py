@@ -1,7 +1,7 @@
 """A feed with many subscribers: WebSocket latency, webhook latency, vault apply latency, nothing lost.
 
     .venv/bin/python bench/feed_bench.py [--subscribers 1000] [--updates 3] [--interval 2.0] [--workers 2]
-                                         [--warmup 1] [--timeout 240] [--ws-only]
+                                         [--warmup 1] [--timeout 360] [--ws-only]
 
 Prints one JSON line:
 `{"subscribers": N, "ws_ms": {"p50", "p95"}, "webhook_ms": {"p50", "p95"}, "applied_ms": {"p95"},
@@ -20,9 +20,10 @@ seconds, and waits until every client, endpoint and installation has every entry
 
 Latencies are milliseconds from the publisher's call (before the entry's transaction) to receipt by a
 WebSocket client / a webhook endpoint, and to the moment an installation's `AppliedCursor` passed the
-entry (sampled every 50 ms). `lost`: (client or endpoint or installation, entry) pairs never received or
-applied; `duplicates`: pairs received more than once (webhooks are at-least-once by contract, so a
-redelivery counts here too).
+entry (sampled every 50 ms). `lost`: (client or endpoint or installation, entry) pairs not received or
+applied by the end of the wait (`detail.deliveries.pending` > 0 means some were still queued: late, not
+lost; raise `--timeout`); `duplicates`: pairs received more than once (webhooks are at-least-once by
+contract, so a redelivery counts here too).
 
 Its own PostgreSQL database (DATABASE_URL, default .../memhub_bench_feed, dropped first and at the end),
 Redis databases 7 (channel layer) and 8 (broker) unless REDIS_URL / CELERY_BROKER_URL are set, and its
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         help="diagnostic: licensed WebSocket followers but no subscriptions (no webhooks, no vault applies), "
         "which isolates the live channel from the delivery engine's load",
     )
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for every apply")
+    parser.add_argument("--timeout", type=float, default=360.0, help="seconds to wait for every apply")
     parser.add_argument("--child", choices=["hooks", "ws"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
