@@ -9,14 +9,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
 from core.limits import BodySizeLimitASGI  # noqa: E402
+from core.websocket import AgentAwareOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": BodySizeLimitASGI(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AgentAwareOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -200,7 +200,7 @@ class SubscriptionListApi(FeedsApi):
         data = validated(self.CreateInput, request.data)
         actor = actor_of(request, "subscription.create")
         organization = _organization(current_user(request), data.get("organization"))
-        feed = selectors.feed_get(actor=actor, feed_id=data["feed"])
+        feed = selectors.feed_for_subscribing(actor=actor, feed_id=data["feed"])
         subscription, secret = services.subscription_create(
             actor=actor,
             feed=feed,

@@ -1,6 +1,12 @@
 """Feed reads (selectors)."""
 
-from feeds.selectors.feeds import entries_after, feed_get, feed_readable, feeds_visible
+from feeds.selectors.feeds import (
+    entries_after,
+    feed_for_subscribing,
+    feed_get,
+    feed_readable,
+    feeds_visible,
+)
 from feeds.selectors.subscriptions import (
     deliveries_of,
     subscription_get,
@@ -11,6 +17,7 @@ from feeds.selectors.subscriptions import (
 __all__ = [
     "deliveries_of",
     "entries_after",
+    "feed_for_subscribing",
     "feed_get",
     "feed_readable",
     "feeds_visible",

@@ -87,6 +87,21 @@ def feed_get(*, actor: Subject, feed_id: Any) -> Feed:
     return feed
 
 
+def feed_for_subscribing(*, actor: Subject, feed_id: Any) -> Feed:
+    """The feed a caller asks to subscribe to: one they may read, or the feed of a pack the public catalog
+    shows (its existence is no secret), so that subscribing without a licence answers 402 saying what to
+    do rather than 404. Anything else is 404, as for a feed that does not exist."""
+    from marketplace.services.catalog import pack_is_browsable
+
+    try:
+        return feed_get(actor=actor, feed_id=feed_id)
+    except NotFound:
+        feed = Feed.objects.select_related("pack").filter(pk=uuid.UUID(str(feed_id))).first()
+        if feed is None or not pack_is_browsable(feed.pack):
+            raise
+        return feed
+
+
 def entries_after(*, feed: Feed, cursor: int, limit: int = 100) -> list[FeedEntry]:
     """The entries with `seq > cursor`, oldest first (at most `limit`, capped at 1,000)."""
     limit = max(1, min(int(limit), MAX_PAGE))

@@ -135,6 +135,30 @@ def entry_apply(*, installation_id: Any, entry: FeedEntry) -> str:
     return result
 
 
+def retraction_apply_paused(*, subscription: Subscription, entry: FeedEntry) -> int:
+    """A retraction reaches a paused subscriber's installations at once (in the retraction's transaction):
+    pausing must not be a way to keep using what the publisher withdrew. The copies are archived without
+    moving the cursor, so on resume the entries before it still apply in order (an earlier upsert of the
+    same memory revives it for that moment) and the retraction itself, applied in its turn, archives it
+    again or finds it archived. Returns the number of copies archived."""
+    archived = 0
+    for installation in installations_for(subscription):
+        if installation.status != InstallationStatus.READY:
+            continue
+        actor = Subject(user=installation.user).with_context(
+            operation="feed.apply", installation_id=installation.watermark_id
+        )
+        touched = _retract(installation, entry, actor)
+        if touched:
+            archived += len(touched)
+            ids = [c.id for c in touched]
+            transaction.on_commit(
+                lambda i=installation, c=ids: _after_commit(i, c, entry),
+                robust=True,  # type: ignore[misc]
+            )
+    return archived
+
+
 def _after_commit(installation: Installation, cube_ids: list[Any], entry: FeedEntry) -> None:
     """Index the touched copies now (an archived one leaves the index) and tell inference."""
     from marketplace.services.installs import installation_hooks_run, installed_copies_index

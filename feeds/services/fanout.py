@@ -9,7 +9,9 @@ paused subscription resumes (both under the feed row's lock, so they cannot inte
 Content filters (tags, a semantic query) choose among memory updates. A retraction, a release, new terms
 and a withdrawal always pass them: they concern what the subscriber already holds (a retraction of a
 memory the subscriber does not have changes nothing), and a subscriber filtering by topic must not keep
-a retracted memory because it was tagged differently. The kinds filter applies to every entry.
+a retracted memory because it was tagged differently. The kinds filter applies to every entry but
+retractions, which also reach paused subscriptions' vaults at once (`feeds.services.apply.
+retraction_apply_paused`): neither a filter nor a pause keeps what the publisher withdrew.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def query_embedding(text: str) -> list[float]:
 
 
 def _passes(sub: Subscription, entry: FeedEntry, vector: np.ndarray | None) -> bool:
+    if entry.kind == EntryKind.MEMORY_RETRACTED:
+        return True  # a retraction concerns what the subscriber holds, whatever it filters on
     if sub.filter_kinds and entry.kind not in sub.filter_kinds:
         return False
     if entry.kind != EntryKind.MEMORY_UPSERTED:
@@ -214,7 +218,20 @@ def entry_fanout(entry: FeedEntry) -> list[Delivery]:
             feed_id=entry.feed_id, status=SubscriptionStatus.ACTIVE, enqueued_seq__lt=entry.seq
         ).select_related("feed__pack")
     )
+    if entry.kind == EntryKind.MEMORY_RETRACTED:
+        _retract_for_paused(entry)
     return _fan([entry], subs)
+
+
+def _retract_for_paused(entry: FeedEntry) -> None:
+    """Paused subscriptions get a retraction's effect now; its delivery waits for the resume, in order."""
+    from feeds.services.apply import retraction_apply_paused
+
+    paused = Subscription.objects.filter(
+        feed_id=entry.feed_id, status=SubscriptionStatus.PAUSED, apply_to_vault=True
+    ).select_related("feed__pack")
+    for sub in paused:
+        retraction_apply_paused(subscription=sub, entry=entry)
 
 
 @transaction.atomic

@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from marketplace.models import Pack
 from feeds.models import Delivery, DeliveryStatus, Destination, Subscription, SubscriptionStatus
 
 pytestmark = pytest.mark.django_db
@@ -259,11 +260,16 @@ def test_an_organization_the_caller_is_not_in_is_refused_like_one_that_does_not_
     assert subscription_rows() == before
 
 
-def test_subscribing_to_a_feed_you_may_not_read_is_a_404(feed_world, api_for):
+def test_subscribing_without_a_licence_is_a_402_for_a_listed_pack_and_a_404_otherwise(feed_world, api_for):
     before = subscription_rows()
-
+    client = api_for(feed_world.other, FEEDS)
+    # The catalog shows the pack, so its feed is no secret: the answer says what is missing.
+    resp = client.post(SUBS, {"feed": str(feed_world.feed.pk)}, format="json")
+    assert assert_error(resp, 402)["code"] == "licence_required"
+    # An unlisted pack's feed, and a feed that does not exist, are both just not found.
+    Pack.objects.filter(pk=feed_world.pack.pk).update(listed=False)
     for feed_id in (feed_world.feed.pk, uuid.uuid4()):
-        resp = api_for(feed_world.other, FEEDS).post(SUBS, {"feed": str(feed_id)}, format="json")
+        resp = client.post(SUBS, {"feed": str(feed_id)}, format="json")
         assert_error(resp, 404)
     assert subscription_rows() == before
 
