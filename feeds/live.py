@@ -41,7 +41,7 @@ logger = logging.getLogger("feeds.live")
 
 BATCH = 100  # entries read per query (a follower far behind catches up in batches)
 CACHE_MAX = 4096  # entries kept per process, all feeds together
-RECHECK_POLLS = 30  # re-check that the viewer may still read the feed every this many poll intervals
+RECHECK_POLLS = 10  # re-check the viewer's credentials and licence every this many poll intervals
 NUDGE_TYPE = "feed.nudge"
 GROUP_REREGISTER_S = 3600.0  # channel-layer group memberships expire (channels_redis: a day)
 
@@ -300,6 +300,26 @@ def viewer_open(*, actor: Subject, feed_id: Any) -> Viewer | None:
     return Viewer(actor=actor, feed=feed, watermark_id=viewer_watermark_id(user=actor.user, pack=feed.pack))
 
 
+def credentials_live(actor: Subject) -> bool:
+    """Whether what the follower connected with still stands: the user is active and, for a bearer
+    token, the token is neither revoked nor expired (a stream outlives neither)."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from accounts.models import ApiToken, User
+
+    if not User.objects.filter(pk=actor.user.pk, is_active=True).exists():
+        return False
+    token_id = getattr(actor, "token_id", None)
+    if token_id is None:
+        return True
+    return (
+        ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .exists()
+    )
+
+
 def viewer_still_reads(viewer: Viewer) -> bool:
     """Whether the viewer may still read the feed (a licence can end mid-stream); refreshes the
     watermark id (an installation may have appeared)."""
@@ -307,6 +327,8 @@ def viewer_still_reads(viewer: Viewer) -> bool:
     from feeds.render import viewer_watermark_id
     from feeds.selectors import feed_readable
 
+    if not credentials_live(viewer.actor):
+        return False
     feed = Feed.objects.select_related("pack").filter(pk=viewer.feed.pk).first()
     if feed is None or not feed_readable(actor=viewer.actor, feed=feed):
         return False

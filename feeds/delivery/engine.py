@@ -433,12 +433,15 @@ def _drain_tasks_send(destination_ids: Iterable[Any]) -> int:
     from feeds.tasks import delivery_drain_task
 
     sent = 0
-    for destination_id in destination_ids:
-        try:
-            delivery_drain_task.delay(str(destination_id))
-            sent += 1
-        except Exception:  # the deliveries stay pending; the sweep sends the drain later
-            logger.exception("could not send the drain of destination %s now", destination_id)
+    # One producer (one broker connection) for the whole batch: a fan-out to a thousand destinations
+    # is a thousand messages, and acquiring a producer per message costs milliseconds each.
+    with delivery_drain_task.app.producer_or_acquire() as producer:
+        for destination_id in destination_ids:
+            try:
+                delivery_drain_task.apply_async((str(destination_id),), producer=producer)
+                sent += 1
+            except Exception:  # the deliveries stay pending; the sweep sends the drain later
+                logger.exception("could not send the drain of destination %s now", destination_id)
     return sent
 
 

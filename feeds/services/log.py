@@ -101,8 +101,10 @@ def entry_append(
         Feed.objects.filter(pk=feed.pk).update(last_seq=seq, updated_at=at)
         feed.last_seq = seq
         entry.feed = feed
+        # The nudge first: on-commit callbacks run in order, and live followers should not wait behind
+        # the hand-off of a thousand deliveries to the broker.
+        _nudge(feed_id=str(feed.pk), seq=seq)
         entry_fanout(entry)
-    _nudge(feed_id=str(feed.pk), seq=seq)
     return entry
 
 

@@ -15,8 +15,8 @@ import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from marketplace.models import Pack
 from feeds.models import Delivery, DeliveryStatus, Destination, Subscription, SubscriptionStatus
+from marketplace.models import Pack
 
 pytestmark = pytest.mark.django_db
 
