@@ -17,6 +17,7 @@ prefixes and adapters.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -152,10 +153,7 @@ def retraction_apply_paused(*, subscription: Subscription, entry: FeedEntry) -> 
         if touched:
             archived += len(touched)
             ids = [c.id for c in touched]
-            transaction.on_commit(
-                lambda i=installation, c=ids: _after_commit(i, c, entry),
-                robust=True,  # type: ignore[misc]
-            )
+            transaction.on_commit(functools.partial(_after_commit, installation, ids, entry), robust=True)
     return archived
 
 
