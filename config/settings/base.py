@@ -317,6 +317,8 @@ MEMHUB_DELIVERY_TIMEOUT_S = env.float("MEMHUB_DELIVERY_TIMEOUT_S", default=10.0)
 MEMHUB_DELIVERY_CIRCUIT_FAILURES = env.int("MEMHUB_DELIVERY_CIRCUIT_FAILURES", default=5)
 MEMHUB_DELIVERY_CIRCUIT_OPEN_S = env.float("MEMHUB_DELIVERY_CIRCUIT_OPEN_S", default=30.0)
 MEMHUB_DELIVERY_CIRCUIT_OPEN_MAX_S = env.float("MEMHUB_DELIVERY_CIRCUIT_OPEN_MAX_S", default=3600.0)
+# A fan-out hands destinations to the workers this many per task message.
+MEMHUB_DELIVERY_DRAIN_BATCH = env.int("MEMHUB_DELIVERY_DRAIN_BATCH", default=25)
 # A worker holds a destination this long while it drains it (a killed worker's lease runs out).
 MEMHUB_DELIVERY_LEASE_S = env.float("MEMHUB_DELIVERY_LEASE_S", default=60.0)
 # SSRF: outbound URLs (webhooks, MIP peers) that resolve to private, loopback, link-local or reserved

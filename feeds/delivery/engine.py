@@ -430,18 +430,26 @@ def destination_drain(*, destination_id: Any, max_items: int = 1000, schedule: b
 
 
 def _drain_tasks_send(destination_ids: Iterable[Any]) -> int:
-    from feeds.tasks import delivery_drain_task
+    """Hand the destinations to the workers: alone, one drain task; many (a fan-out to a thousand
+    subscribers), batches of `MEMHUB_DELIVERY_DRAIN_BATCH` per message, because a message costs the
+    publisher's request milliseconds and a thousand of them cost seconds. Returns the messages sent."""
+    from feeds.tasks import delivery_drain_batch_task, delivery_drain_task
 
+    ids = [str(d) for d in destination_ids]
+    size = max(1, int(getattr(settings, "MEMHUB_DELIVERY_DRAIN_BATCH", 25)))
     sent = 0
-    # One producer (one broker connection) for the whole batch: a fan-out to a thousand destinations
-    # is a thousand messages, and acquiring a producer per message costs milliseconds each.
+    # One producer (one broker connection) for the whole hand-off.
     with delivery_drain_task.app.producer_or_acquire() as producer:
-        for destination_id in destination_ids:
+        for start in range(0, len(ids), size):
+            part = ids[start : start + size]
             try:
-                delivery_drain_task.apply_async((str(destination_id),), producer=producer)
+                if len(part) == 1:
+                    delivery_drain_task.apply_async((part[0],), producer=producer)
+                else:
+                    delivery_drain_batch_task.apply_async((part,), producer=producer)
                 sent += 1
-            except Exception:  # the deliveries stay pending; the sweep sends the drain later
-                logger.exception("could not send the drain of destination %s now", destination_id)
+            except Exception:  # the deliveries stay pending; the sweep sends the drains later
+                logger.exception("could not send the drain of destinations %s now", part)
     return sent
 
 
@@ -455,8 +463,11 @@ def deliveries_enqueue(destination_ids: Iterable[Any]) -> None:
 
 def deliveries_sweep() -> int:
     """The safety net (Celery beat): a drain task for every destination with due work that no worker
-    holds (a lost task, a killed worker whose lease ran out, a retry whose time came). Returns how many."""
-    return _drain_tasks_send(_due_destinations(now=timezone.now()))
+    holds (a lost task, a killed worker whose lease ran out, a retry whose time came). Returns how many
+    destinations it handed out."""
+    due = [str(d) for d in _due_destinations(now=timezone.now())]
+    _drain_tasks_send(due)
+    return len(due)
 
 
 def deliveries_run_due(*, rounds: int = 50) -> int:
