@@ -24,9 +24,6 @@ from vault.services import index_outbox_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The feeds fixtures (a released pack, its feed, a licensed subscriber with an installation).
-pytest_plugins = ["tests.feeds.conftest"]
-
 REVISED = "A refund request must now be filed within thirty days of the original purchase date."
 QUERY = "How many days do I have to file a refund request?"
 
