@@ -168,6 +168,9 @@ def test_concurrent_drains_of_one_destination_send_each_entry_once_in_order(
     loopback.CELERY_TASK_ALWAYS_EAGER = False
     from config.celery import app
 
+    # Celery's own conf too: a value once written there wins over the Django settings.
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = False
     app._pool = None
     app.amqp._producer_pool = None
     try:
@@ -193,6 +196,7 @@ def test_concurrent_drains_of_one_destination_send_each_entry_once_in_order(
         for t in threads:
             t.join(timeout=30)
     finally:
+        app.conf.task_always_eager = eager
         app._pool = None
         app.amqp._producer_pool = None
     assert errors == []
