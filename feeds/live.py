@@ -373,35 +373,14 @@ def _base_document(entry: Any) -> dict[str, Any]:
     return doc
 
 
-def _watermarks(doc: dict[str, Any]) -> bool:
-    """Whether `entry_document` marks this document's text for a viewer (a plaintext memory upsert)."""
-    from feeds.models import EntryKind
-    from vault.models import MemoryKind
-
-    data = doc.get("data")
-    return (
-        doc.get("kind") == EntryKind.MEMORY_UPSERTED
-        and isinstance(data, dict)
-        and data.get("kind", MemoryKind.PLAINTEXT) == MemoryKind.PLAINTEXT
-        and isinstance(data.get("text"), str)
-        and bool(data.get("text"))
-    )
-
-
 def _render_cached(entry: Any, watermark_id: str) -> dict[str, Any]:
-    """`entry_document(entry, watermark_id=...)` from the cached unwatermarked document: the same
-    document, without the per-viewer queries (the key lookup), so a thousand followers cost no
-    database work. Pure Python; runs in the event loop."""
-    from feeds.render import _watermarked
+    """`entry_document(entry, watermark_id=...)` with the feed's key read once per process, so a
+    thousand followers cost no database work: the per-viewer part is pure Python."""
+    if not watermark_id:
+        return _base_document(entry)
+    from feeds.render import entry_document
 
-    base = _base_document(entry)
-    if not watermark_id or not _watermarks(base):
-        return base
-    doc = {k: v for k, v in base.items() if k != "signature"}
-    doc["data"] = {**base["data"]}
-    doc["data"]["text"] = _watermarked(base["data"]["text"], key=_feed_key(entry), watermark_id=watermark_id)
-    doc["signed"] = False
-    return doc
+    return entry_document(entry, watermark_id=watermark_id, key=_feed_key(entry))
 
 
 async def _render_async(entry: Any, watermark_id: str) -> dict[str, Any]:

@@ -26,10 +26,15 @@ def _watermarked(text: str, *, key: bytes, watermark_id: str) -> str:
 
 
 def entry_document(
-    entry: FeedEntry, *, watermark_id: str = "", key_namespace: Namespace | None = None
+    entry: FeedEntry,
+    *,
+    watermark_id: str = "",
+    key_namespace: Namespace | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """The entry as subscribers receive it. With `watermark_id`, the memory's text is watermarked with
-    the key of `key_namespace` (default: the pack publisher's namespace) and the document is unsigned."""
+    the key of `key_namespace` (default: the pack publisher's namespace), or with `key` when the caller
+    already holds it (live followers: no query per viewer), and the document is unsigned."""
     body = entry.body
     doc: dict[str, Any] = {
         "id": str(entry.pk),
@@ -52,11 +57,11 @@ def entry_document(
         and bool(data.get("text"))
     )
     if marks:
-        from governance.watermarking import watermark_key
+        if key is None:
+            from governance.watermarking import watermark_key
 
-        if key_namespace is None:
-            key_namespace = entry.feed.pack.publisher.namespace
-        data["text"] = _watermarked(data["text"], key=watermark_key(key_namespace), watermark_id=watermark_id)
+            key = watermark_key(key_namespace or entry.feed.pack.publisher.namespace)
+        data["text"] = _watermarked(data["text"], key=key, watermark_id=watermark_id)
         doc["signed"] = False
     else:
         doc["signature"] = entry.signature

@@ -89,3 +89,22 @@ def feed_world(make_user) -> FeedWorld:  # type: ignore[no-untyped-def]
         installation=installation,
         other=other,
     )
+
+
+@pytest.fixture
+def loopback(settings):  # type: ignore[no-untyped-def]
+    """The test receivers live on 127.0.0.1: this instance must be told it may call private addresses."""
+    settings.MEMHUB_OUTBOUND_ALLOW_PRIVATE = True
+    return settings
+
+
+@pytest.fixture
+def receiver():  # type: ignore[no-untyped-def]
+    """A real webhook receiver on loopback (`tests.feeds.receiver.Receiver`), closed after the test."""
+    from tests.feeds.receiver import Receiver
+
+    rx = Receiver()
+    try:
+        yield rx
+    finally:
+        rx.close()

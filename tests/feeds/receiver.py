@@ -209,3 +209,16 @@ class Receiver:
                 return
 
         return Handler
+
+
+def drain_until(done: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Run due deliveries (as a worker would) until `done()`; retries wait out their backoff."""
+    from feeds.delivery.engine import deliveries_run_due
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deliveries_run_due()
+        if done():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the deliveries did not get there in time")

@@ -125,7 +125,13 @@ def test_a_token_without_the_feeds_scope_is_refused_naming_it(feed_world, api_fo
 
 
 def test_entries_come_in_seq_order_watermarked_for_the_reader_with_a_cursor(feed_world, api_for):
-    texts = [f"The speed limit on rural road number {i} is now sixty kilometres per hour." for i in range(3)]
+    # Long enough that the watermark always has slots to mark (a short sentence may carry none).
+    texts = [
+        f"The speed limit on rural road number {i} is now sixty kilometres per hour; however, drivers "
+        "must also slow down near schools, and the new signs will be installed before the end of the "
+        "month, although some villages already have them."
+        for i in range(3)
+    ]
     for t in texts:
         feed_world.upsert(t)
     client = api_for(feed_world.subscriber, FEEDS)

@@ -15,32 +15,7 @@ from django.utils import timezone
 from feeds.delivery.backoff import circuit_open_s, retry_delay_s
 from feeds.delivery.engine import deliveries_run_due, deliveries_sweep, destination_drain
 from feeds.models import Delivery, DeliveryAttempt, DeliveryStatus, Destination, DestinationKind
-from tests.feeds.receiver import Received, Receiver, Reply
-
-
-@pytest.fixture
-def loopback(settings):  # type: ignore[no-untyped-def]
-    settings.MEMHUB_OUTBOUND_ALLOW_PRIVATE = True
-    return settings
-
-
-@pytest.fixture
-def receiver():  # type: ignore[no-untyped-def]
-    rx = Receiver()
-    try:
-        yield rx
-    finally:
-        rx.close()
-
-
-def drain_until(done: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        deliveries_run_due()
-        if done():
-            return
-        time.sleep(0.01)
-    raise AssertionError("the deliveries did not get there in time")
+from tests.feeds.receiver import Received, Reply, drain_until
 
 
 def webhook_destination(world, url: str) -> Destination:  # type: ignore[no-untyped-def]
@@ -165,11 +140,12 @@ def test_concurrent_drains_of_one_destination_send_each_entry_once_in_order(
 ) -> None:
     dest = webhook_destination(feed_world, receiver.url("/hook"))
     # Tasks go to an in-memory broker nobody consumes: only the drains below send anything.
-    loopback.CELERY_TASK_ALWAYS_EAGER = False
     from config.celery import app
 
-    # Celery's own conf too: a value once written there wins over the Django settings.
+    # Celery's own conf too: a value once written there wins over the Django settings. Read what to
+    # restore before changing either.
     eager = app.conf.task_always_eager
+    loopback.CELERY_TASK_ALWAYS_EAGER = False
     app.conf.task_always_eager = False
     app._pool = None
     app.amqp._producer_pool = None

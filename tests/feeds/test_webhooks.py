@@ -6,7 +6,6 @@ test drains with `deliveries_run_due()`, as a worker would, as often as it needs
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from email.utils import format_datetime
 
@@ -25,36 +24,9 @@ from feeds.models import (
     Subscription,
     SubscriptionStatus,
 )
-from tests.feeds.receiver import Received, Receiver, Reply
+from tests.feeds.receiver import Received, Receiver, Reply, drain_until
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def loopback(settings):  # type: ignore[no-untyped-def]
-    """The receivers live on 127.0.0.1: this instance must be told it may call private addresses."""
-    settings.MEMHUB_OUTBOUND_ALLOW_PRIVATE = True
-    return settings
-
-
-@pytest.fixture
-def receiver():  # type: ignore[no-untyped-def]
-    rx = Receiver()
-    try:
-        yield rx
-    finally:
-        rx.close()
-
-
-def drain_until(done: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Run due deliveries (as a worker would) until `done()`; retries wait out their backoff."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        deliveries_run_due()
-        if done():
-            return
-        time.sleep(0.01)
-    raise AssertionError("the deliveries did not get there in time")
 
 
 def webhook_subscription(world, url: str, **fields):  # type: ignore[no-untyped-def]

@@ -56,12 +56,12 @@ def _tasks_through_redis(settings: Any, options: dict[str, Any]) -> Iterator[Non
     and the sweep send must reach the worker."""
     from config.celery import app
 
+    # Set on Celery's own conf too: a value once written there (another test's monkeypatch undo writes
+    # one back) wins over the Django settings it was configured from. Read what to restore first.
+    eager = app.conf.task_always_eager
     settings.CELERY_TASK_ALWAYS_EAGER = False
     settings.CELERY_BROKER_URL = _broker_url()
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
-    # Set on Celery's own conf too: a value once written there (another test's monkeypatch undo writes
-    # one back) wins over the Django settings it was configured from.
-    eager = app.conf.task_always_eager
     app.conf.task_always_eager = False
     app._pool = None
     app.amqp._producer_pool = None
